@@ -1,0 +1,46 @@
+//! # bert-model
+//!
+//! BERT as [Burn](https://burn.dev) modules, numerically identical to Hugging Face
+//! transformers' `modeling_bert.py`, with import and export of HF checkpoints.
+//!
+//! The crate depends on `burn` without any backend: your project picks one. Module and field
+//! names mirror HF (`embeddings.word_embeddings`, `encoder.layer.N.attention.self_attn.query`,
+//! `pooler.dense`, `cls.predictions.transform.dense`, `classifier`, `qa_outputs`), so checkpoint
+//! keys map one to one; the few renames are listed in [`checkpoint`].
+//!
+//! ```no_run
+//! use bert_model::{BertInput, BertModel, LoadOptions, load_pretrained};
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Int, Tensor};
+//!
+//! type B = NdArray<f32>;
+//! let device = Default::default();
+//! // A Hugging Face model directory: config.json + model.safetensors (or pytorch_model.bin).
+//! let (model, config, _report) =
+//!     load_pretrained::<B, BertModel<B>>("path/to/all-MiniLM-L6-v2", LoadOptions::strict(), &device)?;
+//! // [CLS] hello world [SEP]
+//! let ids = Tensor::<B, 2, Int>::from_ints([[101, 7592, 2088, 102]], &device);
+//! let out = model.forward(BertInput::new(ids), false);
+//! assert_eq!(out.last_hidden_state.dims(), [1, 4, config.hidden_size]);
+//! # Ok::<(), bert_model::BertError>(())
+//! ```
+//!
+//! See `examples/custom_head.rs` for putting your own head on the encoder and training it.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod heads;
+pub mod model;
+
+pub use checkpoint::{
+    LoadOptions, LoadReport, PretrainedBert, load_config, load_pretrained, load_weights,
+    save_pretrained,
+};
+pub use config::{BertConfig, HiddenAct};
+pub use error::BertError;
+pub use heads::{
+    BertForMaskedLM, BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
+    BertForSequenceClassification, BertForTokenClassification, PreTrainingOutput,
+};
+pub use model::{BertInput, BertModel, BertModelOutput, attention_mask_bias, masked_mean};
