@@ -35,8 +35,8 @@ use burn::module::{Module, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, TensorData};
 use burn_store::{
-    ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore, TensorSnapshot,
+    ApplyError, BurnToPyTorchAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore, TensorSnapshot,
 };
 
 use crate::config::BertConfig;
@@ -206,17 +206,48 @@ impl<B: Backend> PretrainedBert<B> for BertModel<B> {
     }
 }
 
-pretrained!(BertForPreTraining, "BertForPreTraining", pooler = true, optional_pooler = false, ignore = |_| false);
-pretrained!(BertForMaskedLM, "BertForMaskedLM", pooler = false, optional_pooler = true,
-    ignore = |k| k.starts_with("cls.seq_relationship."));
-pretrained!(BertForSequenceClassification, "BertForSequenceClassification", pooler = true,
-    optional_pooler = false, ignore = |_| false);
-pretrained!(BertForTokenClassification, "BertForTokenClassification", pooler = false,
-    optional_pooler = true, ignore = |_| false);
-pretrained!(BertForQuestionAnswering, "BertForQuestionAnswering", pooler = false,
-    optional_pooler = true, ignore = |_| false);
-pretrained!(BertForMultipleChoice, "BertForMultipleChoice", pooler = true, optional_pooler = false,
-    ignore = |_| false);
+pretrained!(
+    BertForPreTraining,
+    "BertForPreTraining",
+    pooler = true,
+    optional_pooler = false,
+    ignore = |_| false
+);
+pretrained!(
+    BertForMaskedLM,
+    "BertForMaskedLM",
+    pooler = false,
+    optional_pooler = true,
+    ignore = |k| k.starts_with("cls.seq_relationship.")
+);
+pretrained!(
+    BertForSequenceClassification,
+    "BertForSequenceClassification",
+    pooler = true,
+    optional_pooler = false,
+    ignore = |_| false
+);
+pretrained!(
+    BertForTokenClassification,
+    "BertForTokenClassification",
+    pooler = false,
+    optional_pooler = true,
+    ignore = |_| false
+);
+pretrained!(
+    BertForQuestionAnswering,
+    "BertForQuestionAnswering",
+    pooler = false,
+    optional_pooler = true,
+    ignore = |_| false
+);
+pretrained!(
+    BertForMultipleChoice,
+    "BertForMultipleChoice",
+    pooler = true,
+    optional_pooler = false,
+    ignore = |_| false
+);
 
 /// The weights file of an HF model directory: `model.safetensors`, else `pytorch_model.bin`.
 pub fn weights_file(dir: &Path) -> Result<PathBuf, BertError> {
@@ -270,8 +301,7 @@ fn renamed(snapshot: &TensorSnapshot, path: &str) -> TensorSnapshot {
     let source = snapshot.clone_data_fn();
     let dtype = snapshot.dtype;
     // Every float checkpoint is loaded as f32, whatever its stored precision.
-    let (data_fn, dtype): (Rc<dyn Fn() -> _>, DType) = if dtype.is_float() && dtype != DType::F32
-    {
+    let (data_fn, dtype): (Rc<dyn Fn() -> _>, DType) = if dtype.is_float() && dtype != DType::F32 {
         (
             Rc::new(move || source().map(|d: TensorData| d.convert_dtype(DType::F32))),
             DType::F32,
@@ -358,13 +388,13 @@ fn apply_checkpoint<B: Backend, M: PretrainedBert<B>>(
         snapshots.push(renamed(snapshot, &ours));
         hf_of_ours.insert(ours, hf);
     }
-    let result = model.apply(
-        snapshots,
-        None,
-        Some(Box::new(PyTorchToBurnAdapter)),
-        false,
-    );
-    let hf = |ours: &String| hf_of_ours.get(ours).cloned().unwrap_or_else(|| ours_to_hf(ours));
+    let result = model.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), false);
+    let hf = |ours: &String| {
+        hf_of_ours
+            .get(ours)
+            .cloned()
+            .unwrap_or_else(|| ours_to_hf(ours))
+    };
     report.loaded = result.applied.len();
     report.missing = result.missing.iter().map(|(p, _)| ours_to_hf(p)).collect();
     report.unexpected = result.unused.iter().map(hf).collect();
@@ -560,12 +590,18 @@ mod tests {
             key_for::<B, BertModel<B>>("bert.encoder.layer.0.output.dense.weight", true).as_deref(),
             Some("encoder.layer.0.output.dense.weight")
         );
-        assert_eq!(key_for::<B, BertModel<B>>("cls.predictions.bias", true), None);
+        assert_eq!(
+            key_for::<B, BertModel<B>>("cls.predictions.bias", true),
+            None
+        );
         assert_eq!(
             key_for::<B, BertForMaskedLM<B>>("embeddings.word_embeddings.weight", false).as_deref(),
             Some("bert.embeddings.word_embeddings.weight")
         );
-        assert_eq!(key_for::<B, BertModel<B>>("embeddings.position_ids", false), None);
+        assert_eq!(
+            key_for::<B, BertModel<B>>("embeddings.position_ids", false),
+            None
+        );
         assert_eq!(
             key_for::<B, BertForMaskedLM<B>>("cls.seq_relationship.weight", true),
             None

@@ -479,7 +479,10 @@ mod tests {
     #[test]
     fn toml_with_preset_and_overrides_and_unknown_key() {
         let c = BertConfig::from_toml_str("preset = \"mini\"\nvocab_size = 1000\n").expect("ok");
-        assert_eq!((c.num_hidden_layers, c.hidden_size, c.vocab_size), (4, 256, 1000));
+        assert_eq!(
+            (c.num_hidden_layers, c.hidden_size, c.vocab_size),
+            (4, 256, 1000)
+        );
         let e = BertConfig::from_toml_str("hiden_size = 12\n").expect_err("typo");
         assert!(e.to_string().contains("hiden_size"), "{e}");
     }
@@ -497,9 +500,15 @@ mod tests {
     #[test]
     fn presets_have_published_sizes() {
         let b = BertConfig::base();
-        assert_eq!((b.num_hidden_layers, b.hidden_size, b.intermediate_size), (12, 768, 3072));
+        assert_eq!(
+            (b.num_hidden_layers, b.hidden_size, b.intermediate_size),
+            (12, 768, 3072)
+        );
         let l = BertConfig::large();
-        assert_eq!((l.num_hidden_layers, l.hidden_size, l.num_attention_heads), (24, 1024, 16));
+        assert_eq!(
+            (l.num_hidden_layers, l.hidden_size, l.num_attention_heads),
+            (24, 1024, 16)
+        );
         assert!(BertConfig::preset("huge").is_err());
     }
 }

@@ -153,13 +153,16 @@ impl<B: Backend> BertForPreTraining<B> {
 
     /// MLM logits only at the given flat positions (`[n]` indices into `batch·seq`), the lever
     /// that skips the vocab projection for the ~85 % unmasked tokens: returns `[n, vocab_size]`.
-    pub fn mlm_logits_at(&self, hidden: Tensor<B, 3>, positions: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+    pub fn mlm_logits_at(
+        &self,
+        hidden: Tensor<B, 3>,
+        positions: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 2> {
         let [batch, seq, width] = hidden.dims();
         let gathered = hidden.reshape([batch * seq, width]).select(0, positions);
-        self.cls.predictions.forward(
-            gathered,
-            self.bert.embeddings.word_embeddings.weight.val(),
-        )
+        self.cls
+            .predictions
+            .forward(gathered, self.bert.embeddings.word_embeddings.weight.val())
     }
 }
 
@@ -319,7 +322,10 @@ impl<B: Backend> BertForQuestionAnswering<B> {
         let bert = self.bert.forward(input, output_hidden_states);
         let [batch, seq, _] = bert.last_hidden_state.dims();
         let logits = self.qa_outputs.forward(bert.last_hidden_state.clone());
-        let start = logits.clone().slice([0..batch, 0..seq, 0..1]).reshape([batch, seq]);
+        let start = logits
+            .clone()
+            .slice([0..batch, 0..seq, 0..1])
+            .reshape([batch, seq]);
         let end = logits.slice([0..batch, 0..seq, 1..2]).reshape([batch, seq]);
         (start, end, bert)
     }
@@ -411,7 +417,10 @@ mod tests {
         let positions = Tensor::<B, 1, Int>::from_ints([1, 6], &device);
         let gathered = model.mlm_logits_at(out.bert.last_hidden_state.clone(), positions);
         let full = out.prediction_logits.reshape([8, 40]);
-        let expect = Tensor::cat(vec![full.clone().slice([1..2, 0..40]), full.slice([6..7, 0..40])], 0);
+        let expect = Tensor::cat(
+            vec![full.clone().slice([1..2, 0..40]), full.slice([6..7, 0..40])],
+            0,
+        );
         gathered
             .into_data()
             .assert_approx_eq::<f32>(&expect.into_data(), Tolerance::absolute(1e-6));
@@ -425,7 +434,10 @@ mod tests {
         assert_eq!(model.num_params(), {
             let c = small();
             let h = c.hidden_size;
-            let per_layer = 4 * (h * h + h) + 2 * (2 * h) + (h * c.intermediate_size + c.intermediate_size) + (c.intermediate_size * h + h);
+            let per_layer = 4 * (h * h + h)
+                + 2 * (2 * h)
+                + (h * c.intermediate_size + c.intermediate_size)
+                + (c.intermediate_size * h + h);
             let emb = (c.vocab_size + c.max_position_embeddings + c.type_vocab_size) * h + 2 * h;
             let head = h * h + h + 2 * h + c.vocab_size;
             emb + c.num_hidden_layers * per_layer + head

@@ -181,10 +181,7 @@ impl<B: Backend> BertSelfAttention<B> {
         let v = split(self.value.forward(hidden));
         let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias;
         let probs = self.dropout.forward(softmax(scores, 3));
-        probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, width])
+        probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width])
     }
 }
 
@@ -400,7 +397,9 @@ impl<B: Backend> BertPooler<B> {
     /// `[batch_size, seq_length, H]` → `[batch_size, H]` from the first (`[CLS]`) token.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
         let [batch, _, width] = hidden.dims();
-        let first = hidden.slice([0..batch, 0..1, 0..width]).reshape([batch, width]);
+        let first = hidden
+            .slice([0..batch, 0..1, 0..width])
+            .reshape([batch, width]);
         self.dense.forward(first).tanh()
     }
 }
@@ -531,7 +530,9 @@ impl<B: Backend> BertModel<B> {
 pub fn masked_mean<B: Backend>(hidden: Tensor<B, 3>, mask: Tensor<B, 2, Int>) -> Tensor<B, 2> {
     let [batch, seq, width] = hidden.dims();
     let weights = mask.float().reshape([batch, seq, 1]);
-    let summed = (hidden * weights.clone()).sum_dim(1).reshape([batch, width]);
+    let summed = (hidden * weights.clone())
+        .sum_dim(1)
+        .reshape([batch, width]);
     let counts = weights.sum_dim(1).reshape([batch, 1]).clamp_min(1e-9);
     summed / counts
 }
@@ -573,7 +574,9 @@ mod tests {
         let short = Tensor::<B, 2, Int>::from_ints([[2, 5, 7, 3]], &device);
         let padded = Tensor::<B, 2, Int>::from_ints([[2, 5, 7, 3, 0, 0]], &device);
         let mask = Tensor::<B, 2, Int>::from_ints([[1, 1, 1, 1, 0, 0]], &device);
-        let a = model.forward(BertInput::new(short), false).last_hidden_state;
+        let a = model
+            .forward(BertInput::new(short), false)
+            .last_hidden_state;
         let b = model
             .forward(BertInput::new(padded).with_attention_mask(mask), false)
             .last_hidden_state
@@ -608,7 +611,14 @@ mod tests {
         let std = (w.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / n).sqrt();
         assert!((std - 0.02).abs() < 0.003, "std {std}");
         let layer = BertOutput::<B>::new(&config, &device);
-        let bias = layer.dense.bias.expect("bias").val().abs().sum().into_scalar();
+        let bias = layer
+            .dense
+            .bias
+            .expect("bias")
+            .val()
+            .abs()
+            .sum()
+            .into_scalar();
         assert_eq!(bias, 0.0);
         let gamma = layer.layer_norm.gamma.val().into_data();
         gamma.assert_eq(&TensorData::from([1.0f32; 16]), false);
@@ -636,7 +646,10 @@ mod tests {
         for (a, b) in silu.iter().zip(expect) {
             assert!((a - b).abs() < 1e-6);
         }
-        let relu: Vec<f32> = activation(HiddenAct::Relu, x).into_data().to_vec().expect("f32");
+        let relu: Vec<f32> = activation(HiddenAct::Relu, x)
+            .into_data()
+            .to_vec()
+            .expect("f32");
         assert_eq!(relu, vec![0.0, 0.5, 2.0]);
     }
 }

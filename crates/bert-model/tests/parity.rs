@@ -37,7 +37,9 @@ impl Reference {
 
     fn data(&self, name: &str) -> TensorData {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("safetensors");
-        let t = st.tensor(name).unwrap_or_else(|_| panic!("reference lacks {name}"));
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("reference lacks {name}"));
         let shape = t.shape().to_vec();
         match t.dtype() {
             safetensors::Dtype::F32 => {
@@ -72,7 +74,11 @@ impl Reference {
 
     fn check<const D: usize>(&self, name: &str, actual: Tensor<B, D>) {
         let expected = self.data(name);
-        assert_eq!(actual.dims().to_vec(), expected.shape.to_vec(), "{name} shape");
+        assert_eq!(
+            actual.dims().to_vec(),
+            expected.shape.to_vec(),
+            "{name} shape"
+        );
         let a: Vec<f32> = actual.into_data().to_vec().expect("f32");
         let e: Vec<f32> = expected.to_vec().expect("f32");
         let worst = a
@@ -82,7 +88,8 @@ impl Reference {
             .fold(0.0f32, f32::max);
         assert!(worst <= TOL, "{name}: max abs diff {worst} > {TOL}");
         // Guard against comparing two constant tensors.
-        let spread = e.iter().copied().fold(f32::MIN, f32::max) - e.iter().copied().fold(f32::MAX, f32::min);
+        let spread =
+            e.iter().copied().fold(f32::MIN, f32::max) - e.iter().copied().fold(f32::MAX, f32::min);
         assert!(spread > 1e-3, "{name}: reference is degenerate");
     }
 }
@@ -91,7 +98,10 @@ fn load<M: PretrainedBert<B>>(arch: &str) -> M {
     let (model, _, report) =
         load_pretrained::<B, M>(fixture(arch), LoadOptions::strict(), &Default::default())
             .unwrap_or_else(|e| panic!("{arch}: {e}"));
-    assert!(report.missing.is_empty() && report.unexpected.is_empty(), "{report:?}");
+    assert!(
+        report.missing.is_empty() && report.unexpected.is_empty(),
+        "{report:?}"
+    );
     model
 }
 
@@ -131,7 +141,11 @@ fn masked_lm_with_gelu_tanh_matches_transformers() {
 
 #[test]
 fn sequence_classification_from_pickle_matches_transformers() {
-    assert!(fixture("BertForSequenceClassification").join("pytorch_model.bin").is_file());
+    assert!(
+        fixture("BertForSequenceClassification")
+            .join("pytorch_model.bin")
+            .is_file()
+    );
     let r = Reference::open("BertForSequenceClassification");
     let model: BertForSequenceClassification<B> = load("BertForSequenceClassification");
     let (logits, out) = model.forward(r.input(), true);
@@ -175,8 +189,10 @@ fn export_round_trip_is_lossless() {
         "BertForQuestionAnswering",
     ] {
         let out = dir.path().join(arch);
-        let original = read_checkpoint(&bert_model::checkpoint::weights_file(&fixture(arch)).expect("weights"))
-            .expect("read");
+        let original = read_checkpoint(
+            &bert_model::checkpoint::weights_file(&fixture(arch)).expect("weights"),
+        )
+        .expect("read");
         macro_rules! round_trip {
             ($ty:ty) => {{
                 let (model, config, _) = load_pretrained::<B, $ty>(
@@ -200,7 +216,10 @@ fn export_round_trip_is_lossless() {
             _ => round_trip!(BertForQuestionAnswering<B>),
         };
         let written = read_checkpoint(&out.join("model.safetensors")).expect("exported file");
-        assert!(!written.contains_key("cls.predictions.decoder.weight"), "tied decoder is not stored");
+        assert!(
+            !written.contains_key("cls.predictions.decoder.weight"),
+            "tied decoder is not stored"
+        );
         for (key, data) in &exported {
             let source = original
                 .get(key)
@@ -214,7 +233,9 @@ fn export_round_trip_is_lossless() {
             .filter(|k| !exported.iter().any(|(e, _)| e == *k))
             .collect();
         assert!(
-            skipped.iter().all(|k| k.ends_with("position_ids") || k.contains("decoder")),
+            skipped
+                .iter()
+                .all(|k| k.ends_with("position_ids") || k.contains("decoder")),
             "{arch}: not exported: {skipped:?}"
         );
     }
@@ -251,7 +272,10 @@ fn unexpected_and_misshaped_tensors_are_errors() {
     )
     .expect_err("heads differ");
     let msg = err.to_string();
-    assert!(msg.contains("qa_outputs.weight") && msg.contains("classifier.weight"), "{msg}");
+    assert!(
+        msg.contains("qa_outputs.weight") && msg.contains("classifier.weight"),
+        "{msg}"
+    );
 
     // A config that disagrees with the weights: the tensor and both shapes are named.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -267,22 +291,37 @@ fn unexpected_and_misshaped_tensors_are_errors() {
     let err = load_pretrained::<B, BertModel<B>>(dir.path(), LoadOptions::strict(), &device)
         .expect_err("shape mismatch");
     let msg = err.to_string();
-    assert!(msg.contains("encoder.layer.0.intermediate.dense.weight"), "{msg}");
-    assert!(msg.contains("[37, 32]") && msg.contains("[40, 32]"), "{msg}");
+    assert!(
+        msg.contains("encoder.layer.0.intermediate.dense.weight"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("[37, 32]") && msg.contains("[40, 32]"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn missing_directory_and_files_are_clear_errors() {
     let device = Default::default();
-    let err = load_pretrained::<B, BertModel<B>>("/nonexistent/model", LoadOptions::strict(), &device)
-        .expect_err("no dir");
+    let err =
+        load_pretrained::<B, BertModel<B>>("/nonexistent/model", LoadOptions::strict(), &device)
+            .expect_err("no dir");
     assert!(err.to_string().contains("does not exist"), "{err}");
     let dir = tempfile::tempdir().expect("tempdir");
     let err = load_pretrained::<B, BertModel<B>>(dir.path(), LoadOptions::strict(), &device)
         .expect_err("no weights");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
-    std::fs::write(dir.path().join("model.safetensors"), b"not a safetensors file").expect("write");
-    std::fs::copy(fixture("BertModel").join("config.json"), dir.path().join("config.json")).expect("copy");
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"not a safetensors file",
+    )
+    .expect("write");
+    std::fs::copy(
+        fixture("BertModel").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .expect("copy");
     let err = load_pretrained::<B, BertModel<B>>(dir.path(), LoadOptions::strict(), &device)
         .expect_err("corrupt");
     assert!(err.to_string().contains("safetensors"), "{err}");
@@ -293,13 +332,14 @@ fn malicious_pickle_is_not_executed() {
     // A pickle whose REDUCE would call os.system: the loader must refuse it, not run it.
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("pwned");
-    let payload = format!(
-        "cos\nsystem\n(S'touch {}'\ntR.",
-        marker.display()
-    );
+    let payload = format!("cos\nsystem\n(S'touch {}'\ntR.", marker.display());
     let bin = dir.path().join("pytorch_model.bin");
     std::fs::write(&bin, payload.as_bytes()).expect("write");
-    std::fs::copy(fixture("BertModel").join("config.json"), dir.path().join("config.json")).expect("copy");
+    std::fs::copy(
+        fixture("BertModel").join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .expect("copy");
     let result =
         load_pretrained::<B, BertModel<B>>(dir.path(), LoadOptions::strict(), &Default::default());
     assert!(result.is_err(), "a code-executing pickle must not load");

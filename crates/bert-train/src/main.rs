@@ -1,1 +1,56 @@
-fn main(){}
+//! `bert`: encode, tokenize (and, in later releases, pretrain and fine-tune) BERT models.
+
+mod backend;
+mod encode;
+mod input;
+mod progress;
+mod tokenize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// BERT for Rust: Hugging Face compatible BERT on Burn (CPU, wgpu, CUDA).
+#[derive(Debug, Parser)]
+#[command(name = "bert", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a model over a JSONL file and store hidden states, pooled outputs and head logits
+    /// in a safetensors file.
+    Encode(encode::EncodeArgs),
+    /// Tokenize a JSONL file: tokens, ids, masks, word ids and offsets per line.
+    Tokenize(tokenize::TokenizeArgs),
+    /// List the backends compiled into this binary and the default one.
+    Backends,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Encode(args) => encode::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
+        Command::Backends => {
+            for kind in backend::BackendKind::all_compiled() {
+                println!("{kind}");
+            }
+            println!("default: {}", backend::BackendKind::resolve(None)?);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the whole cause chain, outermost first.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

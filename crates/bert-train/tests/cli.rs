@@ -1,0 +1,362 @@
+//! The `bert` binary end to end: `encode` on real weights (all-MiniLM-L6-v2) and on every head
+//! of the tiny random BERT, compared with transformers' outputs; `tokenize`; one-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("BERT_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 not found in {}: run scripts/fetch_models.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn bert(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bert"))
+        .args(args)
+        .output()
+        .expect("run bert")
+}
+
+fn ok(args: &[&str]) {
+    let out = bert(args);
+    assert!(
+        out.status.success(),
+        "bert {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fails_in_one_line(args: &[&str], needle: &str) {
+    let out = bert(args);
+    assert!(!out.status.success(), "bert {args:?} should fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one-line error expected, got: {stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in: {stderr}");
+}
+
+struct Tensors(Vec<u8>);
+
+impl Tensors {
+    fn open(path: &Path) -> Self {
+        Self(std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+    }
+
+    fn get(&self, name: &str) -> (Vec<usize>, Vec<f64>) {
+        let st = safetensors::SafeTensors::deserialize(&self.0).expect("safetensors");
+        let t = st
+            .tensor(name)
+            .unwrap_or_else(|_| panic!("no tensor {name}"));
+        let values = match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect(),
+            safetensors::Dtype::I64 => t
+                .data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8")) as f64)
+                .collect(),
+            other => panic!("{name}: dtype {other:?}"),
+        };
+        (t.shape().to_vec(), values)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        let st = safetensors::SafeTensors::deserialize(&self.0).expect("safetensors");
+        st.tensor(name).is_ok()
+    }
+}
+
+/// Max |a - b| over the entries where `keep` is true (all when `None`).
+fn max_diff(a: &[f64], b: &[f64], keep: Option<&[bool]>) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .filter(|(i, _)| keep.is_none_or(|k| k[*i]))
+        .map(|(_, (x, y))| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn encode_minilm_matches_transformers_on_real_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.safetensors");
+    let model = minilm_dir();
+    let input = root().join("tests/fixtures/minilm/inputs.jsonl");
+    ok(&[
+        "encode",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+        "--batch-size",
+        "4",
+    ]);
+    let ours = Tensors::open(&out);
+    let reference = Tensors::open(&root().join("tests/fixtures/minilm/reference.safetensors"));
+    for name in ["input_ids", "token_type_ids", "attention_mask"] {
+        assert_eq!(ours.get(name), reference.get(name), "{name}");
+    }
+    let (shape, mask) = reference.get("attention_mask");
+    // Sentences and pairs of different lengths share one padded batch.
+    assert!(mask.iter().any(|&m| m == 0.0) && shape[0] == 6);
+    let (hshape, hidden) = ours.get("last_hidden_state");
+    let width = hshape[2];
+    let keep: Vec<bool> = mask
+        .iter()
+        .flat_map(|&m| std::iter::repeat_n(m == 1.0, width))
+        .collect();
+    let d = max_diff(&hidden, &reference.get("last_hidden_state").1, Some(&keep));
+    assert!(d < 1e-4, "last_hidden_state differs by {d}");
+    for name in ["mean_pooled", "pooler_output"] {
+        let d = max_diff(&ours.get(name).1, &reference.get(name).1, None);
+        assert!(d < 1e-4, "{name} differs by {d}");
+    }
+    assert!(!ours.has("hidden_states"), "only with --hidden-states");
+}
+
+/// Writes the reference inputs of a tiny-bert fixture as pre-tokenized JSONL (padding dropped).
+fn pretokenized_inputs(reference: &Tensors, path: &Path) {
+    let (shape, ids) = reference.get("input_ids");
+    let (_, types) = reference.get("token_type_ids");
+    let (_, mask) = reference.get("attention_mask");
+    let seq = shape[1];
+    let mut text = String::new();
+    for row in 0..shape[0] {
+        let r = row * seq..(row + 1) * seq;
+        let n = mask[r.clone()].iter().filter(|&&m| m == 1.0).count();
+        let take = |v: &[f64]| {
+            v[r.start..r.start + n]
+                .iter()
+                .map(|&x| x as i64)
+                .collect::<Vec<_>>()
+        };
+        text.push_str(
+            &serde_json::json!({
+                "input_ids": take(&ids),
+                "token_type_ids": take(&types),
+                "attention_mask": take(&mask),
+            })
+            .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write inputs");
+}
+
+#[test]
+fn encode_every_head_matches_transformers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (arch, heads) in [
+        ("BertModel", &["pooler_output"][..]),
+        (
+            "BertForPreTraining",
+            &["mlm_logits", "seq_relationship_logits"][..],
+        ),
+        ("BertForMaskedLM", &["mlm_logits"][..]),
+        ("BertForSequenceClassification", &["seqcls_logits"][..]),
+        ("BertForTokenClassification", &["tokcls_logits"][..]),
+        (
+            "BertForQuestionAnswering",
+            &["qa_start_logits", "qa_end_logits"][..],
+        ),
+    ] {
+        let fixture = root().join("tests/fixtures/tiny-bert").join(arch);
+        let reference = Tensors::open(&fixture.join("reference.safetensors"));
+        let input = dir.path().join(format!("{arch}.jsonl"));
+        let out = dir.path().join(format!("{arch}.safetensors"));
+        pretokenized_inputs(&reference, &input);
+        ok(&[
+            "encode",
+            "--model",
+            fixture.to_str().expect("utf8"),
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+            "--hidden-states",
+            "--batch-size",
+            "2",
+        ]);
+        let ours = Tensors::open(&out);
+        assert_eq!(
+            ours.get("input_ids"),
+            reference.get("input_ids"),
+            "{arch}: padding"
+        );
+        let (_, mask) = reference.get("attention_mask");
+        let real_positions = |width: usize| -> Vec<bool> {
+            mask.iter()
+                .flat_map(|&m| std::iter::repeat_n(m == 1.0, width))
+                .collect()
+        };
+        for &name in heads {
+            let (shape, values) = ours.get(name);
+            let (rshape, expected) = reference.get(name);
+            assert_eq!(shape, rshape, "{arch}: {name} shape");
+            // Per-token outputs are compared on real tokens (HF computes padding positions too,
+            // with the same values, but they carry no meaning).
+            let keep = (shape.len() == 3).then(|| real_positions(shape[2]));
+            let d = max_diff(&values, &expected, keep.as_deref());
+            assert!(d < 1e-4, "{arch}: {name} differs by {d}");
+        }
+        let (shape, states) = ours.get("hidden_states");
+        let (rshape, expected) = reference.get("hidden_states");
+        assert_eq!(shape, rshape, "{arch}: hidden_states shape");
+        let d = max_diff(&states, &expected, None);
+        assert!(d < 1e-4, "{arch}: hidden_states differ by {d}");
+    }
+}
+
+#[test]
+fn tokenize_writes_every_field_and_truncates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let input = dir.path().join("in.jsonl");
+    let out = dir.path().join("out.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"Héllo wörld, this sentence is long enough to be cut.\", \"text_pair\": \"Yes 🍕\"}\n{\"text\": \"北京\"}\n",
+    )
+    .expect("write");
+    let model = minilm_dir();
+    ok(&[
+        "tokenize",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+        "--max-length",
+        "10",
+    ]);
+    let text = std::fs::read_to_string(&out).expect("output");
+    let rows: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for key in [
+        "tokens",
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "special_tokens_mask",
+        "word_ids",
+        "offsets",
+    ] {
+        assert!(rows[0].get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(rows[0]["input_ids"].as_array().expect("ids").len(), 10);
+    assert_eq!(rows[0]["tokens"][1], "hello");
+    assert_eq!(
+        rows[1]["tokens"],
+        serde_json::json!(["[CLS]", "北", "京", "[SEP]"])
+    );
+    assert_eq!(rows[1]["offsets"][1], serde_json::json!([0, 1]));
+    assert_eq!(rows[1]["word_ids"], serde_json::json!([null, 0, 1, null]));
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = minilm_dir();
+    let model = model.to_str().expect("utf8");
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"text\": \"fine\"}\n{\"text\": \"also fine\"}\n{\"txet\": 1}\n",
+    )
+    .expect("write");
+    let bad = bad.to_str().expect("utf8");
+    let out = dir.path().join("o.safetensors");
+    let out = out.to_str().expect("utf8");
+    fails_in_one_line(
+        &[
+            "encode",
+            "--model",
+            "/no/such/model",
+            "--input",
+            bad,
+            "--output",
+            out,
+        ],
+        "model directory /no/such/model does not exist",
+    );
+    fails_in_one_line(
+        &["encode", "--model", model, "--input", bad, "--output", out],
+        "bad.jsonl:3",
+    );
+    fails_in_one_line(
+        &[
+            "tokenize", "--model", model, "--input", bad, "--output", out,
+        ],
+        "bad.jsonl:3",
+    );
+    let ids = dir.path().join("ids.jsonl");
+    std::fs::write(&ids, "{\"input_ids\": [101, 999999, 102]}\n").expect("write");
+    fails_in_one_line(
+        &[
+            "encode",
+            "--model",
+            model,
+            "--input",
+            ids.to_str().expect("utf8"),
+            "--output",
+            out,
+        ],
+        "outside the vocabulary",
+    );
+    let long = dir.path().join("long.jsonl");
+    std::fs::write(
+        &long,
+        format!("{{\"text\": \"{}\"}}\n", "word ".repeat(600)),
+    )
+    .expect("write");
+    fails_in_one_line(
+        &[
+            "encode",
+            "--model",
+            model,
+            "--input",
+            long.to_str().expect("utf8"),
+            "--output",
+            out,
+        ],
+        "--max-length",
+    );
+    if !cfg!(feature = "cuda") {
+        let good = root().join("tests/fixtures/minilm/inputs.jsonl");
+        let good = good.to_str().expect("utf8");
+        fails_in_one_line(
+            &[
+                "encode",
+                "--model",
+                model,
+                "--input",
+                good,
+                "--output",
+                out,
+                "--backend",
+                "cuda",
+            ],
+            "not compiled",
+        );
+    }
+    assert!(!Path::new(out).exists(), "no output is written on failure");
+}
