@@ -11,7 +11,7 @@ use bert_model::{
     PretrainedBert, load_pretrained, save_pretrained,
 };
 use burn::backend::NdArray;
-use burn::tensor::{Int, Tensor, TensorData, Tolerance};
+use burn::tensor::{Int, Tensor, TensorData};
 
 type B = NdArray<f32>;
 

@@ -8,9 +8,10 @@ use anyhow::{Context, Result, bail};
 use bert_data::{BertTokenizer, PaddedBatch, Padding, Truncation, pad_rows};
 use bert_model::checkpoint::write_safetensors;
 use bert_model::{
-    BertConfig, BertForMaskedLM, BertForPreTraining, BertForQuestionAnswering,
-    BertForSequenceClassification, BertForTokenClassification, BertInput, BertModel,
-    BertModelOutput, LoadOptions, PretrainedBert, load_pretrained, masked_mean,
+    BertConfig, BertForMaskedLM, BertForMultipleChoice, BertForPreTraining,
+    BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertInput,
+    BertModel, BertModelOutput, LoadOptions, PretrainedBert, load_pretrained, masked_mean,
+    save_pretrained,
 };
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -60,25 +61,50 @@ pub enum Architecture {
     TokenClassification,
     /// Extractive QA.
     QuestionAnswering,
+    /// Multiple choice (encode stores the encoder outputs of each row).
+    MultipleChoice,
 }
 
 impl Architecture {
-    /// The head named by the first entry of `architectures` that we know.
+    fn named(name: &str) -> Option<Self> {
+        Some(match name {
+            "BertModel" => Self::Base,
+            "BertForPreTraining" => Self::PreTraining,
+            "BertForMaskedLM" => Self::MaskedLm,
+            "BertForSequenceClassification" => Self::SequenceClassification,
+            "BertForTokenClassification" => Self::TokenClassification,
+            "BertForQuestionAnswering" => Self::QuestionAnswering,
+            "BertForMultipleChoice" => Self::MultipleChoice,
+            _ => return None,
+        })
+    }
+
+    /// The head named by the first entry of `architectures` that we know; the bare encoder
+    /// when none is (its outputs are what `bert encode` needs).
     pub fn of(config: &BertConfig) -> Self {
         config
             .architectures
             .iter()
-            .find_map(|a| match a.as_str() {
-                "BertForPreTraining" => Some(Self::PreTraining),
-                "BertForMaskedLM" => Some(Self::MaskedLm),
-                "BertForSequenceClassification" => Some(Self::SequenceClassification),
-                "BertForTokenClassification" => Some(Self::TokenClassification),
-                "BertForQuestionAnswering" => Some(Self::QuestionAnswering),
-                _ => None,
-            })
+            .find_map(|a| Self::named(a))
             .unwrap_or(Self::Base)
     }
+
+    /// Like [`Architecture::of`], but an architecture we cannot represent is an error (a
+    /// conversion must not drop a head silently).
+    pub fn exact(config: &BertConfig) -> Result<Self> {
+        match config.architectures.first() {
+            None => Ok(Self::Base),
+            Some(name) => Self::named(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "architecture {name} is not supported (BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering, BertForMultipleChoice)"
+                )
+            }),
+        }
+    }
 }
+
+/// `(input_ids, token_type_ids, attention_mask)` of one input, unpadded.
+pub type EncodedRow = (Vec<u32>, Vec<u32>, Vec<u32>);
 
 /// Reads inputs, tokenizes text lines, validates ids against the config.
 pub fn encode_lines(
@@ -87,7 +113,7 @@ pub fn encode_lines(
     config: &BertConfig,
     max_length: Option<usize>,
     input: &Path,
-) -> Result<Vec<(Vec<u32>, Vec<u32>, Vec<u32>)>> {
+) -> Result<Vec<EncodedRow>> {
     let needs_tokenizer = lines
         .iter()
         .any(|(_, l)| matches!(l, InputLine::Text { .. }));
@@ -197,6 +223,8 @@ enum HeadOutput<B: Backend> {
     Rank3(Tensor<B, 3>),
 }
 
+// One value per run: the size difference between heads does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Loaded<B: Backend> {
     Base(BertModel<B>),
     PreTraining(BertForPreTraining<B>),
@@ -204,6 +232,7 @@ enum Loaded<B: Backend> {
     SequenceClassification(BertForSequenceClassification<B>),
     TokenClassification(BertForTokenClassification<B>),
     QuestionAnswering(BertForQuestionAnswering<B>),
+    MultipleChoice(BertForMultipleChoice<B>),
 }
 
 fn load<B: Backend, M: PretrainedBert<B>>(dir: &Path, device: &Device<B>) -> Result<M> {
@@ -230,7 +259,22 @@ impl<B: Backend> Loaded<B> {
             }
             Architecture::TokenClassification => Self::TokenClassification(load(dir, device)?),
             Architecture::QuestionAnswering => Self::QuestionAnswering(load(dir, device)?),
+            Architecture::MultipleChoice => Self::MultipleChoice(load(dir, device)?),
         })
+    }
+
+    /// Writes the model in HF layout (config.json + model.safetensors).
+    fn save(&self, config: &BertConfig, dir: &Path) -> Result<()> {
+        match self {
+            Self::Base(m) => save_pretrained(m, config, dir)?,
+            Self::PreTraining(m) => save_pretrained(m, config, dir)?,
+            Self::MaskedLm(m) => save_pretrained(m, config, dir)?,
+            Self::SequenceClassification(m) => save_pretrained(m, config, dir)?,
+            Self::TokenClassification(m) => save_pretrained(m, config, dir)?,
+            Self::QuestionAnswering(m) => save_pretrained(m, config, dir)?,
+            Self::MultipleChoice(m) => save_pretrained(m, config, dir)?,
+        }
+        Ok(())
     }
 
     fn forward(&self, input: BertInput<B>, hidden: bool) -> Outputs<B> {
@@ -238,6 +282,10 @@ impl<B: Backend> Loaded<B> {
         match self {
             Self::Base(m) => Outputs {
                 bert: m.forward(input, hidden),
+                heads: vec![],
+            },
+            Self::MultipleChoice(m) => Outputs {
+                bert: m.bert.forward(input, hidden),
                 heads: vec![],
             },
             Self::PreTraining(m) => {
@@ -400,5 +448,41 @@ pub fn run(args: &EncodeArgs) -> Result<()> {
         batch.seq_len,
         args.output.display()
     );
+    Ok(())
+}
+
+/// Options of `bert convert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConvertArgs {
+    /// Hugging Face model directory to read (safetensors or pickle `pytorch_model.bin`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Directory to write in HF layout: config.json, model.safetensors, tokenizer files.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// `bert convert`: load a checkpoint strictly and write it back in HF layout with
+/// safetensors weights (e.g. to turn a legacy `pytorch_model.bin` into `model.safetensors`).
+pub fn convert(args: &ConvertArgs) -> Result<()> {
+    if !args.model.is_dir() {
+        bail!("model directory {} does not exist", args.model.display());
+    }
+    let config = bert_model::load_config(&args.model)?;
+    let kind = BackendKind::resolve(None)?;
+    let architecture = Architecture::exact(&config)?;
+    crate::with_backend!(kind, |B, device| Loaded::<B>::new(
+        architecture,
+        &args.model,
+        &device
+    )?
+    .save(&config, &args.output)?);
+    let has_tokenizer = ["tokenizer.json", "vocab.txt"]
+        .iter()
+        .any(|f| args.model.join(f).is_file());
+    if has_tokenizer {
+        BertTokenizer::from_dir(&args.model)?.save(&args.output)?;
+    }
+    eprintln!("wrote {} in Hugging Face layout", args.output.display());
     Ok(())
 }

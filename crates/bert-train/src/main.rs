@@ -25,6 +25,9 @@ enum Command {
     Encode(encode::EncodeArgs),
     /// Tokenize a JSONL file: tokens, ids, masks, word ids and offsets per line.
     Tokenize(tokenize::TokenizeArgs),
+    /// Load a Hugging Face model directory and write it back in HF layout with safetensors
+    /// weights and tokenizer files.
+    Convert(encode::ConvertArgs),
     /// List the backends compiled into this binary and the default one.
     Backends,
 }
@@ -33,6 +36,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Encode(args) => encode::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
+        Command::Convert(args) => encode::convert(&args),
         Command::Backends => {
             for kind in backend::BackendKind::all_compiled() {
                 println!("{kind}");

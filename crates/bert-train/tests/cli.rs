@@ -114,7 +114,7 @@ fn encode_minilm_matches_transformers_on_real_tokens() {
     }
     let (shape, mask) = reference.get("attention_mask");
     // Sentences and pairs of different lengths share one padded batch.
-    assert!(mask.iter().any(|&m| m == 0.0) && shape[0] == 6);
+    assert!(mask.contains(&0.0) && shape[0] == 6);
     let (hshape, hidden) = ours.get("last_hidden_state");
     let width = hshape[2];
     let keep: Vec<bool> = mask
@@ -359,4 +359,101 @@ fn bad_inputs_fail_with_one_line() {
         );
     }
     assert!(!Path::new(out).exists(), "no output is written on failure");
+}
+
+#[test]
+fn convert_writes_hf_layout_that_loads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The pickle checkpoint becomes safetensors with the same outputs.
+    let fixture = root().join("tests/fixtures/tiny-bert/BertForSequenceClassification");
+    let converted = dir.path().join("seqcls");
+    ok(&[
+        "convert",
+        "--model",
+        fixture.to_str().expect("utf8"),
+        "--output",
+        converted.to_str().expect("utf8"),
+    ]);
+    assert!(converted.join("model.safetensors").is_file());
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(converted.join("config.json")).expect("config"),
+    )
+    .expect("json");
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(config["id2label"]["2"], "pos");
+    let reference = Tensors::open(&fixture.join("reference.safetensors"));
+    let input = dir.path().join("in.jsonl");
+    let out = dir.path().join("out.safetensors");
+    pretokenized_inputs(&reference, &input);
+    ok(&[
+        "encode",
+        "--model",
+        converted.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        out.to_str().expect("utf8"),
+    ]);
+    let d = max_diff(
+        &Tensors::open(&out).get("seqcls_logits").1,
+        &reference.get("seqcls_logits").1,
+        None,
+    );
+    assert!(d < 1e-4, "seqcls_logits differ by {d} after conversion");
+
+    // Multiple choice keeps its classifier; MiniLM keeps its tokenizer files.
+    let mc = dir.path().join("mc");
+    let mc_fixture = root().join("tests/fixtures/tiny-bert/BertForMultipleChoice");
+    ok(&[
+        "convert",
+        "--model",
+        mc_fixture.to_str().expect("utf8"),
+        "--output",
+        mc.to_str().expect("utf8"),
+    ]);
+    assert!(Tensors::open(&mc.join("model.safetensors")).has("classifier.weight"));
+    let minilm = dir.path().join("minilm");
+    ok(&[
+        "convert",
+        "--model",
+        minilm_dir().to_str().expect("utf8"),
+        "--output",
+        minilm.to_str().expect("utf8"),
+    ]);
+    for f in [
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "config.json",
+    ] {
+        assert!(minilm.join(f).is_file(), "{f}");
+    }
+
+    // A head we cannot represent is refused rather than dropped.
+    let odd = dir.path().join("odd");
+    std::fs::create_dir_all(&odd).expect("mkdir");
+    std::fs::copy(
+        fixture.join("pytorch_model.bin"),
+        odd.join("pytorch_model.bin"),
+    )
+    .expect("copy");
+    let text = std::fs::read_to_string(fixture.join("config.json")).expect("config");
+    std::fs::write(
+        odd.join("config.json"),
+        text.replace(
+            "BertForSequenceClassification",
+            "BertForNextSentencePrediction",
+        ),
+    )
+    .expect("write");
+    fails_in_one_line(
+        &[
+            "convert",
+            "--model",
+            odd.to_str().expect("utf8"),
+            "--output",
+            dir.path().join("never").to_str().expect("utf8"),
+        ],
+        "BertForNextSentencePrediction is not supported",
+    );
 }

