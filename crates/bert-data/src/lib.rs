@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod pretraining;
 pub mod tokenizer;
 
 pub use batch::{PaddedBatch, Padding, pad_encodings, pad_rows};
