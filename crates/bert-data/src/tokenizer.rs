@@ -209,6 +209,65 @@ impl BertTokenizer {
         Self::new(inner, do_lower_case)
     }
 
+    /// Trains a BERT WordPiece vocabulary on text files (HF `BertWordPieceTokenizer` recipe:
+    /// BERT normalizer, lowercasing and accent stripping unless `cased`, specials
+    /// `[PAD] [UNK] [CLS] [SEP] [MASK]` as ids 0–4).
+    pub fn train(
+        files: &[std::path::PathBuf],
+        vocab_size: usize,
+        cased: bool,
+        min_frequency: u64,
+        show_progress: bool,
+    ) -> Result<Self, DataError> {
+        use tokenizers::models::TrainerWrapper;
+        use tokenizers::models::wordpiece::WordPieceTrainer;
+        if files.is_empty() {
+            return Err(DataError::Tokenizer("no training files".into()));
+        }
+        for f in files {
+            if !f.is_file() {
+                return Err(DataError::Tokenizer(format!("{} does not exist", f.display())));
+            }
+        }
+        let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .iter()
+            .map(|t| AddedToken::from(*t, true))
+            .collect();
+        let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
+            .vocab_size(vocab_size)
+            .min_frequency(min_frequency)
+            .show_progress(show_progress)
+            .special_tokens(specials)
+            .continuing_subword_prefix("##".into())
+            .build()
+            .into();
+        let model = WordPiece::builder()
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(100)
+            .build()
+            .map_err(tok_err)?;
+        let mut inner = Tokenizer::new(model);
+        inner.with_normalizer(Some(BertNormalizer::new(true, true, None, !cased)));
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        inner
+            .train_from_files(&mut trainer, names)
+            .map_err(|e| DataError::Tokenizer(format!("training failed: {e}")))?;
+        let id = |t: &str| {
+            inner
+                .token_to_id(t)
+                .ok_or_else(|| DataError::Tokenizer(format!("trained vocabulary lacks {t}")))
+        };
+        let (cls, sep) = (id("[CLS]")?, id("[SEP]")?);
+        inner.with_post_processor(Some(BertProcessing::new(
+            ("[SEP]".into(), sep),
+            ("[CLS]".into(), cls),
+        )));
+        Self::new(inner, !cased)
+    }
+
     fn new(mut inner: Tokenizer, do_lower_case: bool) -> Result<Self, DataError> {
         inner.with_padding(None);
         inner.with_truncation(None).map_err(tok_err)?;
@@ -447,6 +506,26 @@ mod tests {
         let empty = tempfile::tempdir().expect("tempdir");
         let err = BertTokenizer::from_dir(empty.path()).expect_err("no files");
         assert!(err.to_string().contains("vocab.txt"), "{err}");
+    }
+
+    #[test]
+    fn trains_a_wordpiece_vocabulary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = dir.path().join("corpus.txt");
+        let line = "The whale swam. The whales swam far away from the ship.\n";
+        std::fs::write(&text, line.repeat(50)).expect("write");
+        let tok = BertTokenizer::train(&[text], 80, false, 1, false).expect("train");
+        assert_eq!(tok.token_to_id("[PAD]"), Some(0));
+        assert_eq!(tok.token_to_id("[MASK]"), Some(4));
+        assert!(tok.vocab_size() <= 80 && tok.vocab_size() > 30);
+        let e = tok.encode("The WHALES swam", None).expect("encode");
+        assert_eq!(e.tokens.first().map(String::as_str), Some("[CLS]"));
+        assert!(!e.tokens.contains(&"[UNK]".to_string()), "{:?}", e.tokens);
+        let out = tempfile::tempdir().expect("tempdir");
+        tok.save(out.path()).expect("save");
+        let config = std::fs::read_to_string(out.path().join("tokenizer_config.json")).expect("cfg");
+        assert!(config.contains("\"do_lower_case\": true"));
+        assert!(BertTokenizer::train(&[], 80, false, 1, false).is_err());
     }
 
     #[test]

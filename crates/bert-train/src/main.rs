@@ -1,6 +1,7 @@
 //! `bert`: encode, tokenize (and, in later releases, pretrain and fine-tune) BERT models.
 
 mod backend;
+mod data;
 mod encode;
 mod input;
 mod progress;
@@ -30,6 +31,39 @@ enum Command {
     Convert(encode::ConvertArgs),
     /// List the backends compiled into this binary and the default one.
     Backends,
+    /// Tokenizer tools.
+    Tokenizer {
+        #[command(subcommand)]
+        command: TokenizerCommand,
+    },
+    /// Pretraining corpus tools.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenizerCommand {
+    /// Train a WordPiece vocabulary from text files.
+    Train(data::TrainTokenizerArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DataCommand {
+    /// Tokenize a corpus once into memory-mapped shards (incremental, all cores).
+    Prepare(data::CorpusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Corpus preparation (MB/s) and pretraining stream (batches/s, tokens/s) throughput.
+    Data(data::BenchDataArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -37,6 +71,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Encode(args) => encode::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Convert(args) => encode::convert(&args),
+        Command::Tokenizer {
+            command: TokenizerCommand::Train(args),
+        } => data::train_tokenizer(&args),
+        Command::Data {
+            command: DataCommand::Prepare(args),
+        } => data::prepare_corpus(&args),
+        Command::Bench {
+            command: BenchCommand::Data(args),
+        } => data::bench_data(&args),
         Command::Backends => {
             for kind in backend::BackendKind::all_compiled() {
                 println!("{kind}");

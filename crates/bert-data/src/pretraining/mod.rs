@@ -1,6 +1,7 @@
 //! BERT pretraining data: corpus preparation into shards, NSP instances, MLM masking and the
 //! resumable batch stream.
 
+pub mod config;
 pub mod instances;
 pub mod masking;
 pub mod shards;
@@ -18,3 +19,4 @@ pub use shards::{
 pub use stream::{
     PretrainingBatch, PretrainingExample, PretrainingStream, StreamConfig, StreamPosition, collate,
 };
+pub use config::PretrainingDataConfig;
