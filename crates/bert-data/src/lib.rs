@@ -19,6 +19,7 @@
 pub mod batch;
 pub mod error;
 pub mod pretraining;
+pub mod tasks;
 pub mod tokenizer;
 
 pub use batch::{PaddedBatch, Padding, pad_encodings, pad_rows};

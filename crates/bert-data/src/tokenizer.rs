@@ -78,6 +78,9 @@ impl Encoded {
     }
 }
 
+/// One window of a pair encoding and the sequence id (0, 1, `None` for specials) of each token.
+pub type Window = (Encoded, Vec<Option<usize>>);
+
 /// The special tokens BERT needs, with their ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpecialTokens {
@@ -226,7 +229,10 @@ impl BertTokenizer {
         }
         for f in files {
             if !f.is_file() {
-                return Err(DataError::Tokenizer(format!("{} does not exist", f.display())));
+                return Err(DataError::Tokenizer(format!(
+                    "{} does not exist",
+                    f.display()
+                )));
             }
         }
         let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -326,7 +332,20 @@ impl BertTokenizer {
             None => self.inner.encode_char_offsets(text, true),
         }
         .map_err(|e| DataError::Encoding(format!("cannot encode text: {e}")))?;
-        Ok(Encoded {
+        Ok(Self::encoded(&encoding))
+    }
+
+    /// Encodes pre-split words (token classification): word ids index `words`.
+    pub fn encode_words(&self, words: &[&str]) -> Result<Encoded, DataError> {
+        let encoding = self
+            .inner
+            .encode_char_offsets(words, true)
+            .map_err(|e| DataError::Encoding(format!("cannot encode words: {e}")))?;
+        Ok(Self::encoded(&encoding))
+    }
+
+    fn encoded(encoding: &tokenizers::Encoding) -> Encoded {
+        Encoded {
             tokens: encoding.get_tokens().to_vec(),
             input_ids: encoding.get_ids().to_vec(),
             token_type_ids: encoding.get_type_ids().to_vec(),
@@ -334,7 +353,37 @@ impl BertTokenizer {
             special_tokens_mask: encoding.get_special_tokens_mask().to_vec(),
             word_ids: encoding.get_word_ids().to_vec(),
             offsets: encoding.get_offsets().to_vec(),
-        })
+        }
+    }
+
+    /// A copy that cuts the second segment of a pair into windows of at most `max_length`
+    /// tokens overlapping by `stride` tokens (extractive QA's doc stride); see
+    /// [`BertTokenizer::encode_pair_windows`].
+    pub fn with_windows(&self, max_length: usize, stride: usize) -> Result<Self, DataError> {
+        let mut copy = self.clone();
+        copy.inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::OnlySecond,
+                stride,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(tok_err)?;
+        Ok(copy)
+    }
+
+    /// Encodes a pair into every window made by the truncation settings (one window when there
+    /// are none), with the sequence id (0/1, `None` for specials) of each token.
+    pub fn encode_pair_windows(&self, first: &str, second: &str) -> Result<Vec<Window>, DataError> {
+        let mut encoding = self
+            .inner
+            .encode_char_offsets((first, second), true)
+            .map_err(|e| DataError::Encoding(format!("cannot encode pair: {e}")))?;
+        let overflow = encoding.take_overflowing();
+        Ok(std::iter::once(encoding)
+            .chain(overflow)
+            .map(|e| (Self::encoded(&e), e.get_sequence_ids()))
+            .collect())
     }
 
     /// WordPiece tokens of a text without specials.
@@ -523,7 +572,8 @@ mod tests {
         assert!(!e.tokens.contains(&"[UNK]".to_string()), "{:?}", e.tokens);
         let out = tempfile::tempdir().expect("tempdir");
         tok.save(out.path()).expect("save");
-        let config = std::fs::read_to_string(out.path().join("tokenizer_config.json")).expect("cfg");
+        let config =
+            std::fs::read_to_string(out.path().join("tokenizer_config.json")).expect("cfg");
         assert!(config.contains("\"do_lower_case\": true"));
         assert!(BertTokenizer::train(&[], 80, false, 1, false).is_err());
     }

@@ -121,7 +121,9 @@ impl CorpusArgs {
             .clone()
             .or_else(|| data.tokenizer.clone())
             .or(init_from)
-            .context("no tokenizer: pass --tokenizer DIR or set data.tokenizer (or model.init_from)")?;
+            .context(
+                "no tokenizer: pass --tokenizer DIR or set data.tokenizer (or model.init_from)",
+            )?;
         let prepared_dir = self
             .output
             .clone()
@@ -141,10 +143,17 @@ impl CorpusArgs {
 /// `bert data prepare`: `train/` (and `valid/`) shards under the prepared directory.
 pub fn prepare_corpus(args: &CorpusArgs) -> Result<()> {
     let corpus = args.resolve()?;
-    let tokenizer = BertTokenizer::from_dir(&corpus.tokenizer_dir)
-        .with_context(|| format!("cannot load the tokenizer of {}", corpus.tokenizer_dir.display()))?;
+    let tokenizer = BertTokenizer::from_dir(&corpus.tokenizer_dir).with_context(|| {
+        format!(
+            "cannot load the tokenizer of {}",
+            corpus.tokenizer_dir.display()
+        )
+    })?;
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for (split, files) in [("train", &corpus.data.train_files), ("valid", &corpus.data.valid_files)] {
+    for (split, files) in [
+        ("train", &corpus.data.train_files),
+        ("valid", &corpus.data.valid_files),
+    ] {
         if files.is_empty() {
             continue;
         }
@@ -258,7 +267,9 @@ pub fn bench_data(args: &BenchDataArgs) -> Result<()> {
             "stream:  {:.1} batches/s of {}, {:.0} tokens/s on one core",
             result["stream_batches_per_s"].as_f64().unwrap_or(0.0),
             args.batch_size,
-            result["stream_tokens_per_s_one_core"].as_f64().unwrap_or(0.0)
+            result["stream_tokens_per_s_one_core"]
+                .as_f64()
+                .unwrap_or(0.0)
         );
     }
     Ok(())

@@ -124,9 +124,14 @@ mod tests {
     #[test]
     fn defaults_and_unknown_keys() {
         let c = PretrainingDataConfig::default();
-        assert_eq!((c.max_seq_length, c.dupe_factor, c.masking), (128, 10, MaskingMode::Dynamic));
-        let c: PretrainingDataConfig =
-            toml::from_str("train_files = [\"a.txt\"]\nmasking = \"static\"\nwhole_word_mask = true").expect("parse");
+        assert_eq!(
+            (c.max_seq_length, c.dupe_factor, c.masking),
+            (128, 10, MaskingMode::Dynamic)
+        );
+        let c: PretrainingDataConfig = toml::from_str(
+            "train_files = [\"a.txt\"]\nmasking = \"static\"\nwhole_word_mask = true",
+        )
+        .expect("parse");
         assert_eq!(c.stream_config(1).masking.mode, MaskingMode::Static);
         let err = toml::from_str::<PretrainingDataConfig>("mlm_prob = 0.2").expect_err("typo");
         assert!(err.to_string().contains("mlm_prob"), "{err}");

@@ -7,6 +7,7 @@ pub mod masking;
 pub mod shards;
 pub mod stream;
 
+pub use config::PretrainingDataConfig;
 pub use instances::{
     Documents, Instance, InstanceConfig, instances_from_document, truncate_seq_pair,
 };
@@ -19,4 +20,3 @@ pub use shards::{
 pub use stream::{
     PretrainingBatch, PretrainingExample, PretrainingStream, StreamConfig, StreamPosition, collate,
 };
-pub use config::PretrainingDataConfig;

@@ -609,10 +609,10 @@ pub fn read_documents(
                 .map_err(|e| DataError::Encoding(e.to_string()))?
                 .get_ids()
                 .to_vec();
-            if !ids.is_empty() {
-                if let Some(last) = docs.last_mut() {
-                    last.push(ids);
-                }
+            if !ids.is_empty()
+                && let Some(last) = docs.last_mut()
+            {
+                last.push(ids);
             }
         }
         docs.push(Vec::new());
