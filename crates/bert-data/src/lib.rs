@@ -2,8 +2,8 @@
 //!
 //! Text to BERT inputs: WordPiece tokenization through the Hugging Face `tokenizers` crate,
 //! `[CLS] A [SEP] B [SEP]` encoding with segment ids, masks, word ids and offsets, truncation
-//! strategies and dynamic padding. Tensor-free: the trainer turns [`PaddedBatch`] rows into
-//! tensors.
+//! strategies and dynamic padding; MLM/NSP pretraining data from sharded corpora; task
+//! datasets. Mostly tensor-free: only [`tensors`] turns host batches into Burn tensors.
 //!
 //! ```no_run
 //! use bert_data::{BertTokenizer, Padding, Truncation, pad_encodings};
@@ -20,6 +20,7 @@ pub mod batch;
 pub mod error;
 pub mod pretraining;
 pub mod tasks;
+pub mod tensors;
 pub mod tokenizer;
 
 pub use batch::{PaddedBatch, Padding, pad_encodings, pad_rows};

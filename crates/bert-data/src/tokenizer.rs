@@ -76,6 +76,18 @@ impl Encoded {
     pub fn is_empty(&self) -> bool {
         self.input_ids.is_empty()
     }
+
+    /// An error when the encoding is longer than `max_length` (inputs encoded without
+    /// truncation must fit the model).
+    pub fn ensure_fits(&self, max_length: usize) -> Result<(), DataError> {
+        if self.len() > max_length {
+            return Err(DataError::Encoding(format!(
+                "{} tokens, more than the maximum length {max_length}; enable truncation or shorten the input",
+                self.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// One window of a pair encoding and the sequence id (0, 1, `None` for specials) of each token.
@@ -538,6 +550,9 @@ mod tests {
             only_second.encode(a, Some(b)).is_err(),
             "second segment too short to cut"
         );
+        let untruncated = tok.encode(a, Some(b)).expect("encode");
+        let err = untruncated.ensure_fits(7).expect_err("too long");
+        assert!(err.to_string().contains("10 tokens"), "{err}");
         let only_first = tok.with_truncation(6, Truncation::OnlyFirst).expect("t");
         let e = only_first.encode(a, Some(b)).expect("encode");
         assert_eq!(
