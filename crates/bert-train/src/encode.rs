@@ -23,7 +23,7 @@ use crate::input::{InputLine, read_jsonl};
 #[derive(Debug, Clone, clap::Args)]
 pub struct EncodeArgs {
     /// Hugging Face model directory (config.json, model.safetensors or pytorch_model.bin,
-    /// tokenizer.json or vocab.txt).
+    /// tokenizer.json or vocab.txt), or a Hub model id (`bert-base-uncased`, `org/name@rev`).
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL input: {"text": ..., "text_pair": ...} or {"input_ids": [...], ...} per line.
@@ -400,13 +400,11 @@ pub fn run_model<B: Backend>(
 
 /// `bert encode`.
 pub fn run(args: &EncodeArgs) -> Result<()> {
-    if !args.model.is_dir() {
-        bail!("model directory {} does not exist", args.model.display());
-    }
+    let model_dir = crate::hub::resolve_model(&args.model)?;
     let kind = BackendKind::resolve(args.backend.as_deref())?;
-    let config = bert_model::load_config(&args.model)?;
+    let config = bert_model::load_config(&model_dir)?;
     let lines = read_jsonl(&args.input)?;
-    let rows = encode_lines(&lines, &args.model, &config, args.max_length, &args.input)?;
+    let rows = encode_lines(&lines, &model_dir, &config, args.max_length, &args.input)?;
     let batch = pad_rows(
         rows.iter()
             .map(|(a, b, c)| (a.as_slice(), b.as_slice(), c.as_slice())),
@@ -415,7 +413,7 @@ pub fn run(args: &EncodeArgs) -> Result<()> {
     );
     let outputs = crate::with_backend!(kind, |B, device| run_model::<B>(
         &device,
-        &args.model,
+        &model_dir,
         &config,
         &batch,
         args.batch_size,
@@ -454,7 +452,8 @@ pub fn run(args: &EncodeArgs) -> Result<()> {
 /// Options of `bert convert`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConvertArgs {
-    /// Hugging Face model directory to read (safetensors or pickle `pytorch_model.bin`).
+    /// Hugging Face model directory to read (safetensors or pickle `pytorch_model.bin`), or a
+    /// Hub model id.
     #[arg(long)]
     pub model: PathBuf,
     /// Directory to write in HF layout: config.json, model.safetensors, tokenizer files.
@@ -465,23 +464,21 @@ pub struct ConvertArgs {
 /// `bert convert`: load a checkpoint strictly and write it back in HF layout with
 /// safetensors weights (e.g. to turn a legacy `pytorch_model.bin` into `model.safetensors`).
 pub fn convert(args: &ConvertArgs) -> Result<()> {
-    if !args.model.is_dir() {
-        bail!("model directory {} does not exist", args.model.display());
-    }
-    let config = bert_model::load_config(&args.model)?;
+    let model_dir = crate::hub::resolve_model(&args.model)?;
+    let config = bert_model::load_config(&model_dir)?;
     let kind = BackendKind::resolve(None)?;
     let architecture = Architecture::exact(&config)?;
     crate::with_backend!(kind, |B, device| Loaded::<B>::new(
         architecture,
-        &args.model,
+        &model_dir,
         &device
     )?
     .save(&config, &args.output)?);
     let has_tokenizer = ["tokenizer.json", "vocab.txt"]
         .iter()
-        .any(|f| args.model.join(f).is_file());
+        .any(|f| model_dir.join(f).is_file());
     if has_tokenizer {
-        BertTokenizer::from_dir(&args.model)?.save(&args.output)?;
+        BertTokenizer::from_dir(&model_dir)?.save(&args.output)?;
     }
     eprintln!("wrote {} in Hugging Face layout", args.output.display());
     Ok(())

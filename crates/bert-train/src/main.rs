@@ -3,6 +3,7 @@
 mod backend;
 mod data;
 mod encode;
+mod hub;
 mod input;
 mod progress;
 mod tokenize;
@@ -29,6 +30,8 @@ enum Command {
     /// Load a Hugging Face model directory and write it back in HF layout with safetensors
     /// weights and tokenizer files.
     Convert(encode::ConvertArgs),
+    /// Download a model from the Hugging Face Hub into the shared cache (or copy it to --to).
+    Download(hub::DownloadArgs),
     /// List the backends compiled into this binary and the default one.
     Backends,
     /// Tokenizer tools.
@@ -80,6 +83,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             command: BenchCommand::Data(args),
         } => data::bench_data(&args),
+        Command::Download(args) => hub::download(&args),
         Command::Backends => {
             for kind in backend::BackendKind::all_compiled() {
                 println!("{kind}");

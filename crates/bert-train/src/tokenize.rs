@@ -11,7 +11,8 @@ use crate::input::{InputLine, read_jsonl};
 /// Options of `bert tokenize`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenizeArgs {
-    /// Model directory with tokenizer.json, or vocab.txt (+ tokenizer_config.json).
+    /// Model directory with tokenizer.json, or vocab.txt (+ tokenizer_config.json), or a Hub
+    /// model id.
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL input: {"text": ..., "text_pair": ...} per line.
@@ -27,10 +28,8 @@ pub struct TokenizeArgs {
 
 /// `bert tokenize`.
 pub fn run(args: &TokenizeArgs) -> Result<()> {
-    if !args.model.is_dir() {
-        bail!("model directory {} does not exist", args.model.display());
-    }
-    let tokenizer = BertTokenizer::from_dir(&args.model)?;
+    let model_dir = crate::hub::resolve_model(&args.model)?;
+    let tokenizer = BertTokenizer::from_dir(&model_dir)?;
     let tokenizer = match args.max_length {
         Some(n) => tokenizer.with_truncation(n, Truncation::LongestFirst)?,
         None => tokenizer,
