@@ -160,6 +160,31 @@ def tiny_fixtures():
         print("wrote", out_dir, sorted(p.name for p in out_dir.iterdir()))
 
 
+def fill_mask_fixture():
+    """A vocabulary for the tiny MLM and transformers' fill-mask pipeline output on it."""
+    from transformers import BertTokenizer, pipeline
+
+    out_dir = FIXTURES / "tiny-bert" / "BertForMaskedLM"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(5, 64)]
+    (out_dir / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (out_dir / "tokenizer_config.json").write_text('{"do_lower_case": true}')
+    tok = BertTokenizer(str(out_dir / "vocab.txt"), do_lower_case=True)
+    model = BertForMaskedLM.from_pretrained(out_dir).eval()
+    fill = pipeline("fill-mask", model=model, tokenizer=tok, device="cpu", top_k=5)
+    cases = []
+    for text in ["w7 [MASK] w9 w11", "[MASK] w20 w33 [MASK] w5"]:
+        result = fill(text)
+        if isinstance(result[0], dict):
+            result = [result]
+        cases.append({
+            "text": text,
+            "masks": [[{"token": r["token"], "score": r["score"]} for r in mask] for mask in result],
+        })
+    with open(out_dir.parent / "fill_mask.json", "w") as f:
+        json.dump(cases, f, indent=1)
+    print("wrote", out_dir.parent / "fill_mask.json")
+
+
 MINILM_TEXTS = [
     {"text": "This framework generates embeddings for each input sentence."},
     {"text": "A man is playing a guitar.", "text_pair": "Someone plays an instrument on stage tonight."},
@@ -248,6 +273,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     tiny_fixtures()
+    fill_mask_fixture()
     minilm_fixtures(args.minilm)
 
 

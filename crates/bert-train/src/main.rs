@@ -1,10 +1,14 @@
 //! `bert`: encode, tokenize (and, in later releases, pretrain and fine-tune) BERT models.
 
 mod backend;
+mod config;
 mod data;
 mod encode;
+mod fill_mask;
 mod hub;
 mod input;
+mod optim;
+mod pretrain;
 mod progress;
 mod tokenize;
 
@@ -30,6 +34,10 @@ enum Command {
     /// Load a Hugging Face model directory and write it back in HF layout with safetensors
     /// weights and tokenizer files.
     Convert(encode::ConvertArgs),
+    /// Pretrain BERT (MLM + NSP, or MLM only) from a TOML config; `--resume` continues a run.
+    Pretrain(pretrain::PretrainArgs),
+    /// The most likely tokens for each [MASK] of a text.
+    FillMask(fill_mask::FillMaskArgs),
     /// Download a model from the Hugging Face Hub into the shared cache (or copy it to --to).
     Download(hub::DownloadArgs),
     /// List the backends compiled into this binary and the default one.
@@ -84,6 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: BenchCommand::Data(args),
         } => data::bench_data(&args),
         Command::Download(args) => hub::download(&args),
+        Command::FillMask(args) => fill_mask::run(&args),
+        Command::Pretrain(args) => pretrain::run(&args),
         Command::Backends => {
             for kind in backend::BackendKind::all_compiled() {
                 println!("{kind}");

@@ -457,3 +457,69 @@ fn convert_writes_hf_layout_that_loads_back() {
         "BertForNextSentencePrediction is not supported",
     );
 }
+
+#[test]
+fn fill_mask_matches_the_transformers_pipeline() {
+    let fixture = root().join("tests/fixtures/tiny-bert");
+    let cases: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture.join("fill_mask.json")).expect("fixture"),
+    )
+    .expect("json");
+    let model = fixture.join("BertForMaskedLM");
+    for case in cases.as_array().expect("cases") {
+        let text = case["text"].as_str().expect("text");
+        let out = bert(&[
+            "fill-mask",
+            "--model",
+            model.to_str().expect("utf8"),
+            text,
+            "--top-k",
+            "5",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ours: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json output");
+        let expected = case["masks"].as_array().expect("masks");
+        assert_eq!(
+            ours.as_array().expect("list").len(),
+            expected.len(),
+            "{text}"
+        );
+        for (mine, theirs) in ours.as_array().expect("list").iter().zip(expected) {
+            for (a, b) in mine
+                .as_array()
+                .expect("top-k")
+                .iter()
+                .zip(theirs.as_array().expect("top-k"))
+            {
+                assert_eq!(a["token"], b["token"], "{text}");
+                let d = (a["score"].as_f64().expect("score") - b["score"].as_f64().expect("score"))
+                    .abs();
+                assert!(d < 1e-5, "{text}: score differs by {d}");
+            }
+        }
+    }
+    fails_in_one_line(
+        &[
+            "fill-mask",
+            "--model",
+            model.to_str().expect("utf8"),
+            "no mask here",
+        ],
+        "no [MASK]",
+    );
+    let base = fixture.join("BertModel");
+    fails_in_one_line(
+        &[
+            "fill-mask",
+            "--model",
+            base.to_str().expect("utf8"),
+            "w5 [MASK]",
+        ],
+        "neither tokenizer.json nor vocab.txt",
+    );
+}

@@ -1,0 +1,252 @@
+//! Run configs (TOML): `[model]`, `[data]`, `[optimizer]`, `[schedule]`, `[training]`,
+//! `[output]`. Unknown keys are errors naming the key and the file; `--set a.b=v` overrides any
+//! value (read as TOML: `3e-5`, `true`, `["x.txt"]`; a bare word is a string).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bert_data::pretraining::PretrainingDataConfig;
+use bert_model::BertConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{OptimizerConfig, ScheduleConfig};
+
+/// `[model]`: a preset and/or BertConfig keys, or `init_from` (HF directory or Hub id).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelSection {
+    /// Start from these weights (and their config.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<String>,
+    /// Everything else: `preset` and BertConfig keys, checked by `BertConfig::from_toml_table`.
+    #[serde(flatten)]
+    pub fields: toml::Table,
+}
+
+/// `[training]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Optimizer steps in all.
+    #[serde(default = "d::max_steps")]
+    pub max_steps: u64,
+    /// Passes over the data (fine-tuning); `max_steps` wins when both are given.
+    #[serde(default)]
+    pub epochs: Option<u64>,
+    /// Sequences per optimizer step (before accumulation).
+    #[serde(default = "d::batch_size")]
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged per step.
+    #[serde(default = "d::one")]
+    pub gradient_accumulation_steps: usize,
+    /// Seed of data order, masking, dropout and initialisation.
+    #[serde(default = "d::seed")]
+    pub seed: u64,
+    /// Evaluate every N steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every_steps: u64,
+    /// Batches per evaluation.
+    #[serde(default = "d::eval_batches")]
+    pub eval_batches: usize,
+    /// Checkpoint every N steps (0: only at the end).
+    #[serde(default)]
+    pub save_every_steps: u64,
+    /// Checkpoints kept (the newest; the best is kept too).
+    #[serde(default = "d::keep")]
+    pub keep_checkpoints: usize,
+    /// Log a train line every N steps.
+    #[serde(default = "d::log_every")]
+    pub log_every_steps: u64,
+    /// Stop (with a checkpoint, as on Ctrl-C) once this step is reached, keeping the schedule
+    /// of `max_steps`: train a long run in chunks with `--resume`.
+    #[serde(default)]
+    pub stop_after_steps: Option<u64>,
+    /// cpu, wgpu or cuda (default: the best compiled in).
+    #[serde(default)]
+    pub backend: Option<String>,
+}
+
+mod d {
+    pub fn max_steps() -> u64 {
+        1000
+    }
+    pub fn batch_size() -> usize {
+        32
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn seed() -> u64 {
+        42
+    }
+    pub fn eval_batches() -> usize {
+        20
+    }
+    pub fn keep() -> usize {
+        2
+    }
+    pub fn log_every() -> u64 {
+        10
+    }
+}
+
+impl Default for TrainingSection {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("every field has a default"))
+    }
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    /// Run directory: config.toml, metrics.jsonl, checkpoints/, final/.
+    pub dir: PathBuf,
+}
+
+/// A pretraining run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Model.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Corpus, sequence cutting and masking.
+    #[serde(default)]
+    pub data: PretrainingDataConfig,
+    /// AdamW.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Loop settings.
+    #[serde(default)]
+    pub training: TrainingSection,
+    /// Where results go.
+    pub output: OutputSection,
+}
+
+/// Parses `--set key.path=value`: the value as TOML, or a bare string.
+pub fn parse_override(text: &str) -> Result<(Vec<String>, toml::Value)> {
+    let (key, value) = text
+        .split_once('=')
+        .with_context(|| format!("--set {text:?}: expected key.path=value"))?;
+    let path: Vec<String> = key.trim().split('.').map(str::to_string).collect();
+    if path.iter().any(String::is_empty) {
+        bail!("--set {text:?}: empty key segment");
+    }
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    Ok((path, parsed))
+}
+
+fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+    let (last, parents) = path.split_last().context("empty key")?;
+    let mut current = table;
+    for p in parents {
+        let entry = current
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .with_context(|| format!("--set: {p} is not a table"))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Reads a config file, applies `--set` overrides, and deserialises it strictly.
+pub fn load<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    overrides: &[String],
+) -> Result<(T, toml::Table)> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    for o in overrides {
+        let (key, value) = parse_override(o)?;
+        apply_override(&mut table, &key, value)?;
+    }
+    let config: T = table
+        .clone()
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{}: {}", path.display(), e.message().trim()))
+        .with_context(|| format!("invalid config {}", path.display()))?;
+    Ok((config, table))
+}
+
+impl ModelSection {
+    /// The model config: `init_from`'s config.json (with `[model]` keys over it), or a preset
+    /// with overrides.
+    pub fn bert_config(&self, init_dir: Option<&Path>) -> Result<BertConfig> {
+        match init_dir {
+            Some(dir) => {
+                let mut config = bert_model::load_config(dir)?;
+                if !self.fields.is_empty() {
+                    let mut base =
+                        toml::Table::try_from(&config).context("cannot merge [model] keys")?;
+                    for (k, v) in &self.fields {
+                        base.insert(k.clone(), v.clone());
+                    }
+                    config = BertConfig::from_toml_table(base)?;
+                }
+                Ok(config)
+            }
+            None => Ok(BertConfig::from_toml_table(self.fields.clone())?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_are_toml_or_bare_strings() {
+        assert_eq!(
+            parse_override("training.max_steps=20").expect("ok").1,
+            toml::Value::Integer(20)
+        );
+        assert_eq!(
+            parse_override("optimizer.learning_rate=3e-5")
+                .expect("ok")
+                .1,
+            toml::Value::Float(3e-5)
+        );
+        assert_eq!(
+            parse_override("data.train_files=[\"x.txt\"]")
+                .expect("ok")
+                .1,
+            toml::Value::Array(vec![toml::Value::String("x.txt".into())])
+        );
+        assert_eq!(
+            parse_override("training.backend=cpu").expect("ok").1,
+            toml::Value::String("cpu".into())
+        );
+        assert!(parse_override("novalue").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, "[training]\nmax_step = 3\n[output]\ndir = \"x\"\n").expect("write");
+        let err = load::<PretrainConfig>(&path, &[]).expect_err("typo");
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("max_step") && msg.contains("run.toml"),
+            "{msg}"
+        );
+        std::fs::write(&path, "[training]\nmax_steps = 3\n[output]\ndir = \"x\"\n").expect("write");
+        let (c, _) = load::<PretrainConfig>(&path, &["training.max_steps=7".into()]).expect("ok");
+        assert_eq!(c.training.max_steps, 7);
+        let err = load::<PretrainConfig>(&path, &["model.hiden_size=7".into()])
+            .and_then(|(c, _)| c.model.bert_config(None))
+            .expect_err("model typo");
+        assert!(format!("{err:#}").contains("hiden_size"));
+    }
+}

@@ -1,0 +1,582 @@
+//! `bert pretrain`: MLM (+ NSP) pretraining from scratch or from an HF directory, on prepared
+//! shards, with exact resume.
+//!
+//! The loop reads top to bottom: batch → forward (MLM logits only at masked positions) → loss →
+//! backward → global-norm clip + AdamW → metrics → eval → checkpoint. Every random draw is a
+//! function of the seed and the step (data stream position, masks, dropout: the backend is
+//! reseeded each step), so a run stopped and resumed ends with the same weights as one that
+//! was not.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bert_data::BertTokenizer;
+use bert_data::pretraining::stream::derive_seed;
+use bert_data::pretraining::{
+    Documents, MaskVocab, PrepareOptions, PreparedCorpus, PretrainingBatch, PretrainingStream,
+    StreamPosition, prepare,
+};
+use bert_model::checkpoint::{read_checkpoint, write_atomically, write_safetensors};
+use bert_model::{
+    BertConfig, BertForPreTraining, LoadOptions, load_pretrained, load_weights, save_pretrained,
+};
+use burn::module::AutodiffModule;
+use burn::tensor::ElementConversion;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::config::{self, PretrainConfig};
+use crate::optim::{AdamW, lr_at};
+
+/// Options of `bert pretrain`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PretrainArgs {
+    /// Run config (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config value: `--set training.max_steps=200` (TOML value or bare string).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in output.dir from its latest checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+/// What a checkpoint records besides weights and optimizer moments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Where the training stream is.
+    pub stream: StreamPosition,
+    /// Sequences seen.
+    pub examples: u64,
+    /// Best eval loss so far.
+    pub best_eval_loss: Option<f64>,
+}
+
+/// Losses and accuracies of one batch.
+#[derive(Debug, Clone, Copy, Default)]
+struct BatchStats {
+    loss: f64,
+    mlm_loss: f64,
+    nsp_loss: f64,
+    mlm_correct: usize,
+    mlm_count: usize,
+    nsp_correct: usize,
+    nsp_count: usize,
+}
+
+fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+    let [n, _] = logits.dims();
+    log_softmax(logits, 1)
+        .gather(1, targets.reshape([n, 1]))
+        .mean()
+        .neg()
+}
+
+fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
+    let [n, _] = logits.dims();
+    let hits = logits.argmax(1).reshape([n]).equal(targets).int().sum();
+    hits.into_scalar().elem::<i64>().max(0) as usize
+}
+
+/// Forward pass and loss of a batch: `(loss tensor, stats)`.
+fn forward<B: Backend>(
+    model: &BertForPreTraining<B>,
+    batch: &PretrainingBatch,
+    device: &Device<B>,
+) -> (Tensor<B, 1>, BatchStats) {
+    let t = batch.to_tensors::<B>(device);
+    let out = model.bert.forward(t.input, false);
+    let mut positions = Vec::new();
+    let mut targets = Vec::new();
+    for (r, row) in batch.mlm_labels.iter().enumerate() {
+        for (c, &label) in row.iter().enumerate() {
+            if label >= 0 {
+                positions.push((r * batch.seq_len + c) as i64);
+                targets.push(label);
+            }
+        }
+    }
+    let mut stats = BatchStats {
+        mlm_count: positions.len(),
+        ..Default::default()
+    };
+    let pooled = out.pooler_output.clone();
+    let mut loss = Tensor::<B, 1>::zeros([1], device);
+    if !positions.is_empty() {
+        let n = positions.len();
+        let pos = Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device);
+        let tgt = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), device);
+        let logits = model.mlm_logits_at(out.last_hidden_state, pos);
+        stats.mlm_correct = correct(logits.clone(), tgt.clone());
+        let mlm = cross_entropy(logits, tgt);
+        stats.mlm_loss = f64::from(mlm.clone().into_scalar().elem::<f32>());
+        loss = loss + mlm;
+    }
+    let nsp: Vec<i64> = batch.next_sentence_labels.clone();
+    if let (Some(pooled), true) = (pooled, nsp.iter().all(|&l| l >= 0)) {
+        let n = nsp.len();
+        let tgt = Tensor::<B, 1, Int>::from_data(TensorData::new(nsp, [n]), device);
+        let logits = model.cls.seq_relationship.forward(pooled);
+        stats.nsp_correct = correct(logits.clone(), tgt.clone());
+        stats.nsp_count = n;
+        let nsp_loss = cross_entropy(logits, tgt);
+        stats.nsp_loss = f64::from(nsp_loss.clone().into_scalar().elem::<f32>());
+        loss = loss + nsp_loss;
+    }
+    stats.loss = stats.mlm_loss + stats.nsp_loss;
+    (loss, stats)
+}
+
+/// Appends JSON lines to `metrics.jsonl`.
+struct Metrics {
+    file: std::fs::File,
+}
+
+impl Metrics {
+    fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}")?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+fn checkpoint_dirs(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+fn save_checkpoint<B: AutodiffBackend>(
+    out: &Path,
+    model: &BertForPreTraining<B>,
+    config: &BertConfig,
+    opt: &AdamW<B>,
+    state: &TrainerState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let root = out.join("checkpoints");
+    std::fs::create_dir_all(&root)?;
+    let name = format!("step-{:08}", state.step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    let inner = model.valid();
+    save_pretrained(&inner, config, &tmp)?;
+    let (steps, moments) = opt.state();
+    write_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
+    let mut state = state.clone();
+    state.step = steps;
+    write_atomically(
+        &tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )?;
+    let target = root.join(&name);
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    let all = checkpoint_dirs(out);
+    if all.len() > keep.max(1) {
+        for (_, old) in &all[..all.len() - keep.max(1)] {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    Ok(target)
+}
+
+fn evaluate<B: Backend>(
+    model: &BertForPreTraining<B>,
+    corpus: &PreparedCorpus,
+    vocab: &MaskVocab,
+    special: &bert_data::SpecialTokens,
+    config: &PretrainConfig,
+    device: &Device<B>,
+) -> BatchStats {
+    // The same held-out sequences and masks at every evaluation.
+    let mut stream = PretrainingStream::new(
+        corpus,
+        vocab.clone(),
+        special.cls,
+        special.sep,
+        special.pad,
+        config
+            .data
+            .stream_config(derive_seed(&[config.training.seed, 99])),
+        StreamPosition::default(),
+    );
+    let mut total = BatchStats::default();
+    let mut batches = 0usize;
+    for _ in 0..config.training.eval_batches.max(1) {
+        let Some(batch) = stream.next_batch(config.training.batch_size) else {
+            break;
+        };
+        let (_, s) = forward(model, &batch, device);
+        total.mlm_loss += s.mlm_loss;
+        total.nsp_loss += s.nsp_loss;
+        total.mlm_correct += s.mlm_correct;
+        total.mlm_count += s.mlm_count;
+        total.nsp_correct += s.nsp_correct;
+        total.nsp_count += s.nsp_count;
+        batches += 1;
+    }
+    let b = batches.max(1) as f64;
+    total.mlm_loss /= b;
+    total.nsp_loss /= b;
+    total.loss = total.mlm_loss + total.nsp_loss;
+    total
+}
+
+fn stats_json(split: &str, step: u64, epoch: u64, s: &BatchStats) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "split": split, "step": step, "epoch": epoch,
+        "loss": s.loss, "mlm_loss": s.mlm_loss,
+        "mlm_accuracy": s.mlm_correct as f64 / s.mlm_count.max(1) as f64,
+        "perplexity": s.mlm_loss.exp(),
+    });
+    if s.nsp_count > 0 {
+        v["nsp_loss"] = serde_json::json!(s.nsp_loss);
+        v["nsp_accuracy"] = serde_json::json!(s.nsp_correct as f64 / s.nsp_count as f64);
+    }
+    v
+}
+
+fn prepared(
+    config: &PretrainConfig,
+    split: &str,
+    files: &[String],
+    tokenizer: &BertTokenizer,
+) -> Result<PathBuf> {
+    let dir = config
+        .data
+        .prepared_dir
+        .clone()
+        .unwrap_or_else(|| config.output.dir.join("prepared"))
+        .join(split);
+    let report = prepare(
+        &PrepareOptions {
+            inputs: files.to_vec(),
+            output: dir.clone(),
+            chunk_lines: config.data.chunk_lines,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        },
+        tokenizer,
+    )
+    .with_context(|| format!("cannot prepare the {split} data"))?;
+    if report.written > 0 {
+        eprintln!(
+            "{split}: prepared {} documents, {} tokens in {}",
+            report.documents,
+            report.tokens,
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn train<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    resume: bool,
+    device: &Device<B>,
+) -> Result<()> {
+    let out = &config.output.dir;
+    let existing = checkpoint_dirs(out);
+    if !resume && !existing.is_empty() {
+        bail!(
+            "{} already has checkpoints: pass --resume to continue, or choose another output.dir",
+            out.display()
+        );
+    }
+    if resume && existing.is_empty() {
+        bail!("nothing to resume: {} has no checkpoint", out.display());
+    }
+    if config.training.gradient_accumulation_steps != 1 {
+        bail!("training.gradient_accumulation_steps > 1 is not supported yet");
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    write_atomically(
+        &out.join("config.toml"),
+        toml::to_string(config)?.as_bytes(),
+    )?;
+
+    let init_dir = match &config.model.init_from {
+        Some(m) => Some(crate::hub::resolve_model(Path::new(m))?),
+        None => None,
+    };
+    let tokenizer_dir = config
+        .data
+        .tokenizer
+        .clone()
+        .or_else(|| init_dir.clone())
+        .context("no tokenizer: set data.tokenizer or model.init_from")?;
+    let tokenizer_dir = crate::hub::resolve_model(&tokenizer_dir)?;
+    let tokenizer = BertTokenizer::from_dir(&tokenizer_dir)
+        .with_context(|| format!("cannot load the tokenizer of {}", tokenizer_dir.display()))?;
+    let mut bert_config = config.model.bert_config(init_dir.as_deref())?;
+    if init_dir.is_none() && !config.model.fields.contains_key("vocab_size") {
+        bert_config.vocab_size = tokenizer.vocab_size();
+    }
+    if bert_config.vocab_size < tokenizer.vocab_size() {
+        bail!(
+            "the model's vocab_size {} is smaller than the tokenizer's {}",
+            bert_config.vocab_size,
+            tokenizer.vocab_size()
+        );
+    }
+    if bert_config.max_position_embeddings < config.data.max_seq_length {
+        bail!(
+            "data.max_seq_length {} exceeds the model's max_position_embeddings {}",
+            config.data.max_seq_length,
+            bert_config.max_position_embeddings
+        );
+    }
+    bert_config.architectures = vec!["BertForPreTraining".into()];
+    if config.data.train_files.is_empty() {
+        bail!("data.train_files is empty");
+    }
+    let train_dir = prepared(config, "train", &config.data.train_files, &tokenizer)?;
+    let train_corpus = PreparedCorpus::open(&train_dir, Some(&tokenizer))?;
+    let valid_corpus = if config.data.valid_files.is_empty() {
+        None
+    } else {
+        Some(PreparedCorpus::open(
+            prepared(config, "valid", &config.data.valid_files, &tokenizer)?,
+            Some(&tokenizer),
+        )?)
+    };
+    let vocab = MaskVocab::from_tokenizer(&tokenizer)?;
+    let special = tokenizer.special_tokens().clone();
+
+    let seed = config.training.seed;
+    B::seed(device, derive_seed(&[seed, 0]));
+    let mut model = match &init_dir {
+        Some(dir) => {
+            let (m, _, report) =
+                load_pretrained::<B, BertForPreTraining<B>>(dir, LoadOptions::partial(), device)?;
+            if !report.missing.is_empty() {
+                eprintln!(
+                    "initialised from {}; new (randomly initialised): {}",
+                    dir.display(),
+                    report.missing.join(", ")
+                );
+            }
+            m
+        }
+        None => BertForPreTraining::new(&bert_config, device),
+    };
+    let mut opt = AdamW::<B>::new(config.optimizer.clone());
+    let mut state = TrainerState {
+        step: 0,
+        stream: StreamPosition::default(),
+        examples: 0,
+        best_eval_loss: None,
+    };
+    if resume {
+        let (_, dir) = existing.last().cloned().context("no checkpoint")?;
+        let text = std::fs::read_to_string(dir.join("trainer_state.json"))?;
+        state = serde_json::from_str(&text)
+            .with_context(|| format!("{}: bad trainer state", dir.display()))?;
+        let (m, _) = load_weights::<B, BertForPreTraining<B>>(
+            model,
+            &dir.join("model.safetensors"),
+            LoadOptions::strict(),
+        )?;
+        model = m;
+        let moments = read_checkpoint(&dir.join("optimizer.safetensors"))?
+            .into_iter()
+            .map(|(k, s)| {
+                s.to_data()
+                    .map(|d| (k, d))
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        opt.load_state(state.step, moments, device)?;
+        eprintln!("resumed from {} at step {}", dir.display(), state.step);
+    }
+
+    let mut stream = PretrainingStream::new(
+        &train_corpus,
+        vocab.clone(),
+        special.cls,
+        special.sep,
+        special.pad,
+        config.data.stream_config(seed),
+        state.stream,
+    );
+    let mut metrics = Metrics::open(out)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let total = config.training.max_steps;
+    let progress = crate::progress::bar(total, "pretraining");
+    progress.set_position(state.step);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let started = Instant::now();
+    let mut window_tokens = 0usize;
+    let mut window_start = Instant::now();
+    eprintln!(
+        "pretraining {} layers × {} hidden ({:.1}M parameters) on {} documents, steps {}..{total}",
+        bert_config.num_hidden_layers,
+        bert_config.hidden_size,
+        burn::module::Module::num_params(&model) as f64 / 1e6,
+        train_corpus.num_documents(),
+        state.step
+    );
+    while state.step < total {
+        let step = state.step;
+        B::seed(device, derive_seed(&[seed, step, 5]));
+        let batch = stream
+            .next_batch(config.training.batch_size)
+            .context("the corpus yields no sequence")?;
+        let (loss, stats) = forward(&model, &batch, device);
+        if !stats.loss.is_finite() {
+            bail!(
+                "loss is {} at step {step}: stopping; the last good checkpoint is kept in {}",
+                stats.loss,
+                out.join("checkpoints").display()
+            );
+        }
+        let grads = loss.backward();
+        let lr = lr_at(
+            step,
+            total,
+            config.optimizer.learning_rate,
+            &config.schedule,
+        );
+        let (next, step_stats) = opt.step(model, &grads, lr);
+        model = next;
+        state.step += 1;
+        state.examples += batch.input_ids.len() as u64;
+        state.stream = stream.position();
+        window_tokens += batch.num_tokens();
+        progress.inc(1);
+        if tty {
+            progress.set_message(format!("pretraining loss {:.3}", stats.loss));
+        }
+        let epoch = state.stream.epoch;
+        if state
+            .step
+            .is_multiple_of(config.training.log_every_steps.max(1))
+            || state.step == total
+        {
+            let secs = window_start.elapsed().as_secs_f64();
+            let mut line = stats_json("train", state.step, epoch, &stats);
+            line["lr"] = serde_json::json!(step_stats.lr);
+            line["grad_norm"] = serde_json::json!(step_stats.grad_norm);
+            line["tokens_per_second"] = serde_json::json!(window_tokens as f64 / secs.max(1e-9));
+            if !tty {
+                eprintln!(
+                    "step {}/{total} loss {:.4} mlm_acc {:.3} lr {:.2e} {:.0} tok/s",
+                    state.step,
+                    stats.loss,
+                    line["mlm_accuracy"].as_f64().unwrap_or(0.0),
+                    lr,
+                    line["tokens_per_second"].as_f64().unwrap_or(0.0)
+                );
+            }
+            metrics.write(line)?;
+            window_tokens = 0;
+            window_start = Instant::now();
+        }
+        let eval_now = config.training.eval_every_steps > 0
+            && state.step.is_multiple_of(config.training.eval_every_steps);
+        if let Some(valid) = &valid_corpus
+            && (eval_now || state.step == total)
+        {
+            let s = evaluate(&model.valid(), valid, &vocab, &special, config, device);
+            state.best_eval_loss =
+                Some(state.best_eval_loss.map_or(s.loss, |b: f64| b.min(s.loss)));
+            metrics.write(stats_json("eval", state.step, epoch, &s))?;
+            let line = format!(
+                "eval at step {}: mlm_loss {:.4}, mlm_accuracy {:.3}",
+                state.step,
+                s.mlm_loss,
+                s.mlm_correct as f64 / s.mlm_count.max(1) as f64
+            );
+            if tty {
+                progress.println(line);
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        let save_now = config.training.save_every_steps > 0
+            && state.step.is_multiple_of(config.training.save_every_steps);
+        let stop = interrupted.load(Ordering::SeqCst)
+            || config
+                .training
+                .stop_after_steps
+                .is_some_and(|s| state.step >= s && state.step < total);
+        if save_now || state.step == total || stop {
+            save_checkpoint(
+                out,
+                &model,
+                &bert_config,
+                &opt,
+                &state,
+                config.training.keep_checkpoints,
+            )?;
+        }
+        if stop {
+            progress.finish_and_clear();
+            eprintln!(
+                "stopped: checkpoint saved at step {}; continue with --resume",
+                state.step
+            );
+            return Ok(());
+        }
+    }
+    progress.finish_and_clear();
+    let final_dir = out.join("final");
+    save_pretrained(&model.valid(), &bert_config, &final_dir)?;
+    tokenizer.save(&final_dir)?;
+    eprintln!(
+        "done: {} steps in {:.0}s; model in {}",
+        state.step,
+        started.elapsed().as_secs_f64(),
+        final_dir.display()
+    );
+    Ok(())
+}
+
+/// `bert pretrain`.
+pub fn run(args: &PretrainArgs) -> Result<()> {
+    let (config, _) = config::load::<PretrainConfig>(&args.config, &args.set)?;
+    let kind = BackendKind::resolve(config.training.backend.as_deref())?;
+    crate::with_backend!(kind, |B, device| train::<burn::backend::Autodiff<B>>(
+        &config,
+        args.resume,
+        &device
+    )?);
+    Ok(())
+}
