@@ -249,4 +249,26 @@ mod tests {
             .expect_err("model typo");
         assert!(format!("{err:#}").contains("hiden_size"));
     }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(root.join("pretrain")).expect("configs/pretrain") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let (c, _) = load::<PretrainConfig>(&path, &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            if c.model.init_from.is_none() {
+                c.model
+                    .bert_config(None)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            }
+            assert!(!c.data.train_files.is_empty(), "{}", path.display());
+            seen += 1;
+        }
+        assert!(seen >= 5, "tiny-cpu and the four BERT-base/large phases");
+    }
 }

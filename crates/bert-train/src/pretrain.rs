@@ -338,6 +338,25 @@ fn train<B: AutodiffBackend>(
         .clone()
         .or_else(|| init_dir.clone())
         .context("no tokenizer: set data.tokenizer or model.init_from")?;
+    if let Some(vocab_size) = config.data.train_tokenizer_vocab_size
+        && !["tokenizer.json", "vocab.txt"]
+            .iter()
+            .any(|f| tokenizer_dir.join(f).is_file())
+    {
+        let files = bert_data::pretraining::shards::expand_inputs(&config.data.train_files)?;
+        eprintln!(
+            "training a {vocab_size}-token WordPiece vocabulary into {}",
+            tokenizer_dir.display()
+        );
+        BertTokenizer::train(
+            &files,
+            vocab_size,
+            false,
+            2,
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )?
+        .save(&tokenizer_dir)?;
+    }
     let tokenizer_dir = crate::hub::resolve_model(&tokenizer_dir)?;
     let tokenizer = BertTokenizer::from_dir(&tokenizer_dir)
         .with_context(|| format!("cannot load the tokenizer of {}", tokenizer_dir.display()))?;

@@ -16,6 +16,10 @@ pub struct PretrainingDataConfig {
     /// Model directory whose tokenizer is used (defaults to the model's `init_from`).
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
+    /// When set and `tokenizer` names a directory without tokenizer files, a WordPiece
+    /// vocabulary of this size is trained on `train_files` and saved there first.
+    #[serde(default)]
+    pub train_tokenizer_vocab_size: Option<usize>,
     /// Training text files or globs (google format: a sentence per line, blank line between
     /// documents).
     #[serde(default)]
