@@ -270,5 +270,17 @@ mod tests {
             seen += 1;
         }
         assert!(seen >= 5, "tiny-cpu and the four BERT-base/large phases");
+        let mut finetune = 0;
+        for entry in std::fs::read_dir(root.join("finetune")).expect("configs/finetune") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let (c, _) = load::<crate::finetune::FinetuneConfig>(&path, &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            assert!(c.model.init_from.is_some(), "{}", path.display());
+            finetune += 1;
+        }
+        assert!(finetune >= 4, "rotten-tomatoes, sst2, mrpc, stsb");
     }
 }

@@ -5,8 +5,10 @@ mod config;
 mod data;
 mod encode;
 mod fill_mask;
+mod finetune;
 mod hub;
 mod input;
+mod metrics;
 mod optim;
 mod pretrain;
 mod progress;
@@ -36,6 +38,8 @@ enum Command {
     Convert(encode::ConvertArgs),
     /// Pretrain BERT (MLM + NSP, or MLM only) from a TOML config; `--resume` continues a run.
     Pretrain(pretrain::PretrainArgs),
+    /// Fine-tune an HF model on a task (sequence classification/regression) from a TOML config.
+    Finetune(finetune::FinetuneArgs),
     /// The most likely tokens for each [MASK] of a text.
     FillMask(fill_mask::FillMaskArgs),
     /// Download a model from the Hugging Face Hub into the shared cache (or copy it to --to).
@@ -94,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download(args) => hub::download(&args),
         Command::FillMask(args) => fill_mask::run(&args),
         Command::Pretrain(args) => pretrain::run(&args),
+        Command::Finetune(args) => finetune::run(&args),
         Command::Backends => {
             for kind in backend::BackendKind::all_compiled() {
                 println!("{kind}");
