@@ -1,49 +1,10 @@
 //! The `bert` binary end to end: `encode` on real weights (all-MiniLM-L6-v2) and on every head
 //! of the tiny random BERT, compared with transformers' outputs; `tokenize`; one-line errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("BERT_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 not found in {}: run scripts/fetch_models.sh",
-        dir.display()
-    );
-    dir
-}
-
-fn bert(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bert"))
-        .args(args)
-        .output()
-        .expect("run bert")
-}
-
-fn ok(args: &[&str]) {
-    let out = bert(args);
-    assert!(
-        out.status.success(),
-        "bert {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fails_in_one_line(args: &[&str], needle: &str) {
-    let out = bert(args);
-    assert!(!out.status.success(), "bert {args:?} should fail");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one-line error expected, got: {stderr}");
-    assert!(lines[0].contains(needle), "{needle:?} not in: {stderr}");
-}
+use std::path::Path;
 
 struct Tensors(Vec<u8>);
 

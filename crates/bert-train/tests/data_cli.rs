@@ -2,29 +2,8 @@
 //! public-domain fixture corpus (`tests/fixtures/corpus`, cut from scripts/fetch_corpus.py's
 //! output).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn bert(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bert"))
-        .args(args)
-        .output()
-        .expect("run bert")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = bert(args);
-    assert!(
-        out.status.success(),
-        "bert {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
+mod common;
+use common::*;
 
 #[test]
 fn train_tokenizer_prepare_and_bench_the_fixture_corpus() {

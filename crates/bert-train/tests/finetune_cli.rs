@@ -1,19 +1,10 @@
 //! `bert finetune` (sequence classification and regression) end to end on the tiny MLM fixture
 //! (it has a vocabulary of `w5`…`w63`) and a separable synthetic task.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn bert(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bert"))
-        .args(args)
-        .output()
-        .expect("run bert")
-}
 
 /// Rows of 4–6 words: "pos" rows use w5..w20, "neg" rows w40..w60; scores 1.0 and 0.0.
 fn write_data(dir: &Path, rows: usize, seed: u64, regression: bool) -> PathBuf {

@@ -1,19 +1,10 @@
 //! `bert pretrain` end to end on the fixture corpus with a very small model: exact resume,
 //! refusing to overwrite a run, bad config keys, a diverging (NaN) loss.
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn bert(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bert"))
-        .args(args)
-        .output()
-        .expect("run bert")
-}
 
 fn config(dir: &Path, out: &str) -> PathBuf {
     let minilm = std::env::var_os("BERT_MINILM_DIR")
@@ -64,16 +55,6 @@ dir = "{}"
     )
     .expect("config");
     path
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = bert(args);
-    assert!(
-        out.status.success(),
-        "bert {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
