@@ -9,12 +9,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bert_data::tasks::classification::{Columns, LabelSet, Target, read_classification};
+use bert_data::tasks::classification::{
+    ClassificationExample, Columns, LabelSet, Target, read_classification,
+};
 use bert_data::{BertTokenizer, Padding, Truncation, pad_rows};
 use bert_model::checkpoint::write_atomically;
 use bert_model::{BertForSequenceClassification, BertInput, LoadOptions, save_pretrained};
 use burn::module::AutodiffModule;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, ElementConversion, Int, Tensor, TensorData};
 use rand::SeedableRng;
@@ -116,19 +117,24 @@ struct Encoded {
     target: Target,
 }
 
-fn encode_file(
+impl TaskSection {
+    /// The reader's column settings.
+    fn columns(&self) -> Columns {
+        Columns {
+            text: self.text_column.clone(),
+            text_pair: self.text_pair_column.clone(),
+            label: self.label_column.clone(),
+            header: self.header,
+        }
+    }
+}
+
+fn encode_examples(
     path: &Path,
-    task: &TaskSection,
+    examples: &[ClassificationExample],
     labels: &LabelSet,
     tokenizer: &BertTokenizer,
 ) -> Result<Vec<Encoded>> {
-    let columns = Columns {
-        text: task.text_column.clone(),
-        text_pair: task.text_pair_column.clone(),
-        label: task.label_column.clone(),
-        header: task.header,
-    };
-    let examples = read_classification(path, &columns, true)?;
     examples
         .iter()
         .map(|e| {
@@ -153,12 +159,7 @@ fn batch_input<B: Backend>(rows: &[&Encoded], pad: u32, device: &Device<B>) -> B
         pad,
         Padding::default(),
     );
-    BertInput::from_rows(
-        &padded.input_ids,
-        &padded.token_type_ids,
-        &padded.attention_mask,
-        device,
-    )
+    bert_data::tensors::bert_input(&padded, device)
 }
 
 fn loss<B: Backend>(logits: Tensor<B, 2>, rows: &[&Encoded], device: &Device<B>) -> Tensor<B, 1> {
@@ -184,10 +185,7 @@ fn loss<B: Backend>(logits: Tensor<B, 2>, rows: &[&Encoded], device: &Device<B>)
                 })
                 .collect();
             let y = Tensor::<B, 1, Int>::from_data(TensorData::new(y, [n]), device);
-            log_softmax(logits, 1)
-                .gather(1, y.reshape([n, 1]))
-                .mean()
-                .neg()
+            crate::pretrain::cross_entropy(logits, y)
         }
     }
 }
@@ -288,25 +286,28 @@ fn train<B: AutodiffBackend>(config: &FinetuneConfig, device: &Device<B>) -> Res
     let tokenizer = BertTokenizer::from_dir(&init_dir)?
         .with_truncation(config.task.max_length, Truncation::LongestFirst)?;
     let pad = tokenizer.special_tokens().pad;
+    let columns = config.task.columns();
+    let train_examples = read_classification(&config.task.train_file, &columns, true)?;
+    let valid_examples = read_classification(&config.task.valid_file, &columns, true)?;
     let labels = if config.task.regression {
         LabelSet::Regression
     } else if let Some(names) = &config.task.labels {
         LabelSet::Classes(names.clone())
     } else {
-        let columns = Columns {
-            text: config.task.text_column.clone(),
-            text_pair: config.task.text_pair_column.clone(),
-            label: config.task.label_column.clone(),
-            header: config.task.header,
-        };
-        LabelSet::from_examples(&read_classification(
-            &config.task.train_file,
-            &columns,
-            true,
-        )?)
+        LabelSet::from_examples(&train_examples)
     };
-    let train_rows = encode_file(&config.task.train_file, &config.task, &labels, &tokenizer)?;
-    let valid_rows = encode_file(&config.task.valid_file, &config.task, &labels, &tokenizer)?;
+    let train_rows = encode_examples(
+        &config.task.train_file,
+        &train_examples,
+        &labels,
+        &tokenizer,
+    )?;
+    let valid_rows = encode_examples(
+        &config.task.valid_file,
+        &valid_examples,
+        &labels,
+        &tokenizer,
+    )?;
     let mut bert_config = config.model.bert_config(Some(&init_dir))?;
     bert_config = match &labels {
         LabelSet::Classes(names) => bert_config.with_labels(names),

@@ -74,7 +74,11 @@ struct BatchStats {
     nsp_count: usize,
 }
 
-fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
+/// Mean cross-entropy of `[n, classes]` logits against `[n]` class ids.
+pub(crate) fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
     log_softmax(logits, 1)
         .gather(1, targets.reshape([n, 1]))
