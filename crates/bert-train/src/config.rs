@@ -63,6 +63,13 @@ pub struct TrainingSection {
     /// cpu, wgpu or cuda (default: the best compiled in).
     #[serde(default)]
     pub backend: Option<String>,
+    /// Dev metric that picks `best/` (default: the task's main one, e.g. accuracy, f1,
+    /// pearson; loss-like names count lower as better).
+    #[serde(default)]
+    pub metric_for_best: Option<String>,
+    /// Stop after this many evaluations without a better `metric_for_best` (off when unset).
+    #[serde(default)]
+    pub early_stopping_patience: Option<u64>,
 }
 
 mod d {

@@ -1,4 +1,5 @@
-//! `bert`: encode, tokenize (and, in later releases, pretrain and fine-tune) BERT models.
+//! `bert`: pretrain, fine-tune, evaluate and run BERT models (and encode, tokenize, convert,
+//! download, benchmark).
 
 mod backend;
 mod config;
@@ -10,8 +11,10 @@ mod hub;
 mod input;
 mod metrics;
 mod optim;
+mod plot;
 mod pretrain;
 mod progress;
+mod rundir;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -38,8 +41,15 @@ enum Command {
     Convert(encode::ConvertArgs),
     /// Pretrain BERT (MLM + NSP, or MLM only) from a TOML config; `--resume` continues a run.
     Pretrain(pretrain::PretrainArgs),
-    /// Fine-tune an HF model on a task (sequence classification/regression) from a TOML config.
+    /// Fine-tune an HF model on a task (sequence classification or regression, token
+    /// classification, question answering, multiple choice) from a TOML config.
     Finetune(finetune::FinetuneArgs),
+    /// Dev metrics of a fine-tuned model on a config's `task.valid_file`, printed and written
+    /// as JSON.
+    Evaluate(finetune::EvaluateArgs),
+    /// Run a fine-tuned model over a JSONL file: labels with scores, entities with character
+    /// spans, answers with text and score, or the chosen choice.
+    Predict(finetune::PredictArgs),
     /// The most likely tokens for each [MASK] of a text.
     FillMask(fill_mask::FillMaskArgs),
     /// Download a model from the Hugging Face Hub into the shared cache (or copy it to --to).
@@ -99,6 +109,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FillMask(args) => fill_mask::run(&args),
         Command::Pretrain(args) => pretrain::run(&args),
         Command::Finetune(args) => finetune::run(&args),
+        Command::Evaluate(args) => finetune::evaluate(&args),
+        Command::Predict(args) => finetune::predict(&args),
         Command::Backends => {
             for kind in backend::BackendKind::all_compiled() {
                 println!("{kind}");

@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{ModuleMapper, ModuleVisitor, Param};
+use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
@@ -145,13 +146,13 @@ pub struct AdamW<B: AutodiffBackend> {
 }
 
 struct GradNorm<'a, B: AutodiffBackend> {
-    grads: &'a B::Gradients,
+    grads: &'a GradientsParams,
     sum: Option<Tensor<B::InnerBackend, 1>>,
 }
 
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = param.val().grad(self.grads) {
+        if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
             let sq = g.powi_scalar(2).sum();
             self.sum = Some(match self.sum.take() {
                 Some(s) => s + sq,
@@ -162,7 +163,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
 }
 
 struct Update<'a, B: AutodiffBackend> {
-    grads: &'a B::Gradients,
+    grads: &'a GradientsParams,
     path: Vec<String>,
     lr: f64,
     scale: f64,
@@ -182,7 +183,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        let Some(grad) = tensor.grad(self.grads) else {
+        let Some(grad) = self.grads.get::<B::InnerBackend, D>(id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let path = self.path.join(".");
@@ -231,10 +232,24 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 
     /// Clips gradients to the global norm, then applies one AdamW update at learning rate `lr`.
-    pub fn step<M: burn::module::AutodiffModule<B>>(
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub fn step<M: AutodiffModule<B>>(
         &mut self,
         model: M,
-        grads: &B::Gradients,
+        grads: B::Gradients,
+        lr: f64,
+    ) -> (M, StepStats) {
+        let grads = GradientsParams::from_grads(grads, &model);
+        self.step_params(model, &grads, 1.0, lr)
+    }
+
+    /// [`AdamW::step`] on gradients by parameter id, first multiplied by `grad_scale` (1/k for
+    /// the sum of k accumulated micro-batches): clipping sees the averaged gradient.
+    pub fn step_params<M: AutodiffModule<B>>(
+        &mut self,
+        model: M,
+        grads: &GradientsParams,
+        grad_scale: f64,
         lr: f64,
     ) -> (M, StepStats) {
         let mut norm = GradNorm::<B> { grads, sum: None };
@@ -242,13 +257,15 @@ impl<B: AutodiffBackend> AdamW<B> {
         let grad_norm = norm
             .sum
             .map(|s| f64::from(s.into_scalar().elem::<f32>()).sqrt())
-            .unwrap_or(0.0);
+            .unwrap_or(0.0)
+            * grad_scale;
         let max = self.config.max_grad_norm;
-        let scale = if max > 0.0 && grad_norm > max {
-            max / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
+        let scale = grad_scale
+            * if max > 0.0 && grad_norm > max {
+                max / (grad_norm + 1e-6)
+            } else {
+                1.0
+            };
         self.step += 1;
         let mut update = Update::<B> {
             grads,
@@ -301,6 +318,46 @@ impl<B: AutodiffBackend> AdamW<B> {
             self.moments.insert(path, Moments { m, v });
         }
         Ok(())
+    }
+}
+
+/// Gradients of the micro-batches of one optimizer step, summed (Burn's accumulator); the
+/// optimizer divides by their count.
+pub struct Accumulation<M> {
+    inner: GradientsAccumulator<M>,
+    count: usize,
+}
+
+impl<M> Default for Accumulation<M> {
+    fn default() -> Self {
+        Self {
+            inner: GradientsAccumulator::new(),
+            count: 0,
+        }
+    }
+}
+
+impl<M> Accumulation<M> {
+    /// Adds the gradients of one micro-batch's backward pass.
+    pub fn add<B: AutodiffBackend>(&mut self, model: &M, grads: B::Gradients)
+    where
+        M: AutodiffModule<B>,
+    {
+        self.inner
+            .accumulate(model, GradientsParams::from_grads(grads, model));
+        self.count += 1;
+    }
+
+    /// Micro-batches added since the last [`Accumulation::take`].
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The summed gradients and the scale that averages them; resets.
+    pub fn take(&mut self) -> (GradientsParams, f64) {
+        let scale = 1.0 / self.count.max(1) as f64;
+        self.count = 0;
+        (self.inner.grads(), scale)
     }
 }
 
@@ -375,7 +432,7 @@ mod tests {
             ..Default::default()
         };
         let mut opt = AdamW::<AB>::new(config.clone());
-        let (model, stats) = opt.step(model, &grads, 0.1);
+        let (model, stats) = opt.step(model, grads, 0.1);
         assert!((stats.grad_norm - 26f64.sqrt()).abs() < 1e-5);
         let w1: Vec<f32> = model.dense.weight.val().into_data().to_vec().expect("w");
         let b1: Vec<f32> = model
@@ -399,5 +456,45 @@ mod tests {
         let (step, state) = opt.state();
         assert_eq!(step, 1);
         assert!(state.iter().any(|(k, _)| k == "m.dense.weight"));
+    }
+
+    /// Two accumulated half batches (mean losses) give the update of the whole batch.
+    #[test]
+    fn accumulated_micro_batches_equal_the_full_batch() {
+        let device = Default::default();
+        // Materialised parameters: a clone of a lazily initialised one would draw its own.
+        let mut dense = LinearConfig::new(2, 1).init(&device);
+        dense.weight = Param::from_tensor(Tensor::from_floats([[0.3], [-0.2]], &device));
+        dense.bias = Some(Param::from_tensor(Tensor::from_floats([0.1], &device)));
+        let model = Tiny::<AB> {
+            dense,
+            layer_norm: LayerNormConfig::new(1).init(&device),
+        };
+        let x = [[1.0f32, 2.0], [-1.0, 0.5], [3.0, -2.0], [0.5, 0.5]];
+        let batch = |rows: &[[f32; 2]]| {
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            Tensor::<AB, 2>::from_data(TensorData::new(flat, [rows.len(), 2]), &device)
+        };
+        let loss =
+            |m: &Tiny<AB>, rows: &[[f32; 2]]| m.dense.forward(batch(rows)).powi_scalar(2).mean();
+        let config = OptimizerConfig {
+            max_grad_norm: 0.5,
+            ..Default::default()
+        };
+        let mut full = AdamW::<AB>::new(config.clone());
+        let (a, sa) = full.step(model.clone(), loss(&model, &x).backward(), 0.1);
+        let mut acc = Accumulation::default();
+        acc.add(&model, loss(&model, &x[..2]).backward());
+        acc.add(&model, loss(&model, &x[2..]).backward());
+        assert_eq!(acc.count(), 2);
+        let (grads, scale) = acc.take();
+        let mut micro = AdamW::<AB>::new(config);
+        let (b, sb) = micro.step_params(model, &grads, scale, 0.1);
+        assert!((sa.grad_norm - sb.grad_norm).abs() < 1e-5, "{sa:?} {sb:?}");
+        let wa: Vec<f32> = a.dense.weight.val().into_data().to_vec().expect("w");
+        let wb: Vec<f32> = b.dense.weight.val().into_data().to_vec().expect("w");
+        for (p, q) in wa.iter().zip(&wb) {
+            assert!((p - q).abs() < 1e-6, "{wa:?} vs {wb:?}");
+        }
     }
 }

@@ -7,10 +7,8 @@
 //! reseeded each step), so a run stopped and resumed ends with the same weights as one that
 //! was not.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -20,10 +18,8 @@ use bert_data::pretraining::{
     Documents, MaskVocab, PrepareOptions, PreparedCorpus, PretrainingBatch, PretrainingStream,
     StreamPosition, prepare,
 };
-use bert_model::checkpoint::{read_checkpoint, write_atomically, write_safetensors};
-use bert_model::{
-    BertConfig, BertForPreTraining, LoadOptions, load_pretrained, load_weights, save_pretrained,
-};
+use bert_model::checkpoint::write_atomically;
+use bert_model::{BertForPreTraining, LoadOptions, load_pretrained, save_pretrained};
 use burn::module::AutodiffModule;
 use burn::tensor::ElementConversion;
 use burn::tensor::activation::log_softmax;
@@ -33,7 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use crate::config::{self, PretrainConfig};
-use crate::optim::{AdamW, lr_at};
+use crate::optim::{Accumulation, AdamW, lr_at};
+use crate::rundir;
 
 /// Options of `bert pretrain`.
 #[derive(Debug, Clone, clap::Args)]
@@ -72,6 +69,20 @@ struct BatchStats {
     mlm_count: usize,
     nsp_correct: usize,
     nsp_count: usize,
+}
+
+impl BatchStats {
+    /// Adds one of `n` micro-batches: losses averaged, counts summed.
+    fn add(&mut self, other: &BatchStats, n: usize) {
+        let n = n.max(1) as f64;
+        self.loss += other.loss / n;
+        self.mlm_loss += other.mlm_loss / n;
+        self.nsp_loss += other.nsp_loss / n;
+        self.mlm_correct += other.mlm_correct;
+        self.mlm_count += other.mlm_count;
+        self.nsp_correct += other.nsp_correct;
+        self.nsp_count += other.nsp_count;
+    }
 }
 
 /// Mean cross-entropy of `[n, classes]` logits against `[n]` class ids.
@@ -139,83 +150,6 @@ fn forward<B: Backend>(
     }
     stats.loss = stats.mlm_loss + stats.nsp_loss;
     (loss, stats)
-}
-
-/// Appends JSON lines to `metrics.jsonl`.
-struct Metrics {
-    file: std::fs::File,
-}
-
-impl Metrics {
-    fn open(dir: &Path) -> Result<Self> {
-        let path = dir.join("metrics.jsonl");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { file })
-    }
-
-    fn write(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}")?;
-        self.file.flush()?;
-        Ok(())
-    }
-}
-
-fn checkpoint_dirs(dir: &Path) -> Vec<(u64, PathBuf)> {
-    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("checkpoints"))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("step-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then(|| (step, e.path()))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
-fn save_checkpoint<B: AutodiffBackend>(
-    out: &Path,
-    model: &BertForPreTraining<B>,
-    config: &BertConfig,
-    opt: &AdamW<B>,
-    state: &TrainerState,
-    keep: usize,
-) -> Result<PathBuf> {
-    let root = out.join("checkpoints");
-    std::fs::create_dir_all(&root)?;
-    let name = format!("step-{:08}", state.step);
-    let tmp = root.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
-    let inner = model.valid();
-    save_pretrained(&inner, config, &tmp)?;
-    let (steps, moments) = opt.state();
-    write_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
-    let mut state = state.clone();
-    state.step = steps;
-    write_atomically(
-        &tmp.join("trainer_state.json"),
-        serde_json::to_string_pretty(&state)?.as_bytes(),
-    )?;
-    let target = root.join(&name);
-    let _ = std::fs::remove_dir_all(&target);
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
-    let all = checkpoint_dirs(out);
-    if all.len() > keep.max(1) {
-        for (_, old) in &all[..all.len() - keep.max(1)] {
-            let _ = std::fs::remove_dir_all(old);
-        }
-    }
-    Ok(target)
 }
 
 fn evaluate<B: Backend>(
@@ -313,19 +247,7 @@ fn train<B: AutodiffBackend>(
     device: &Device<B>,
 ) -> Result<()> {
     let out = &config.output.dir;
-    let existing = checkpoint_dirs(out);
-    if !resume && !existing.is_empty() {
-        bail!(
-            "{} already has checkpoints: pass --resume to continue, or choose another output.dir",
-            out.display()
-        );
-    }
-    if resume && existing.is_empty() {
-        bail!("nothing to resume: {} has no checkpoint", out.display());
-    }
-    if config.training.gradient_accumulation_steps != 1 {
-        bail!("training.gradient_accumulation_steps > 1 is not supported yet");
-    }
+    let resume_from = rundir::check_resume(out, resume)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomically(
         &out.join("config.toml"),
@@ -423,26 +345,11 @@ fn train<B: AutodiffBackend>(
         examples: 0,
         best_eval_loss: None,
     };
-    if resume {
-        let (_, dir) = existing.last().cloned().context("no checkpoint")?;
-        let text = std::fs::read_to_string(dir.join("trainer_state.json"))?;
-        state = serde_json::from_str(&text)
-            .with_context(|| format!("{}: bad trainer state", dir.display()))?;
-        let (m, _) = load_weights::<B, BertForPreTraining<B>>(
-            model,
-            &dir.join("model.safetensors"),
-            LoadOptions::strict(),
-        )?;
+    if let Some(dir) = resume_from {
+        let (m, st) =
+            rundir::load_checkpoint(&dir, model, &mut opt, |s: &TrainerState| s.step, device)?;
         model = m;
-        let moments = read_checkpoint(&dir.join("optimizer.safetensors"))?
-            .into_iter()
-            .map(|(k, s)| {
-                s.to_data()
-                    .map(|d| (k, d))
-                    .map_err(|e| anyhow::anyhow!("{e:?}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        opt.load_state(state.step, moments, device)?;
+        state = st;
         eprintln!("resumed from {} at step {}", dir.display(), state.step);
     }
 
@@ -455,12 +362,8 @@ fn train<B: AutodiffBackend>(
         config.data.stream_config(seed),
         state.stream,
     );
-    let mut metrics = Metrics::open(out)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    let mut metrics = rundir::Metrics::open(out)?;
+    let interrupted = rundir::interrupt_flag();
     let total = config.training.max_steps;
     let progress = crate::progress::bar(total, "pretraining");
     progress.set_position(state.step);
@@ -479,30 +382,42 @@ fn train<B: AutodiffBackend>(
     while state.step < total {
         let step = state.step;
         B::seed(device, derive_seed(&[seed, step, 5]));
-        let batch = stream
-            .next_batch(config.training.batch_size)
-            .context("the corpus yields no sequence")?;
-        let (loss, stats) = forward(&model, &batch, device);
-        if !stats.loss.is_finite() {
-            bail!(
-                "loss is {} at step {step}: stopping; the last good checkpoint is kept in {}",
-                stats.loss,
-                out.join("checkpoints").display()
-            );
+        let micro_batches = config.training.gradient_accumulation_steps.max(1);
+        let mut stats = BatchStats::default();
+        let mut batch_tokens = 0usize;
+        let mut batch_rows = 0usize;
+        let mut accumulation = Accumulation::default();
+        for _ in 0..micro_batches {
+            let batch = stream
+                .next_batch(config.training.batch_size)
+                .context("the corpus yields no sequence")?;
+            let (loss, s) = forward(&model, &batch, device);
+            if !s.loss.is_finite() {
+                bail!(
+                    "loss is {} at step {}: stopping; the last good checkpoint is kept in {}",
+                    s.loss,
+                    step + 1,
+                    out.join("checkpoints").display()
+                );
+            }
+            stats.add(&s, micro_batches);
+            batch_tokens += batch.num_tokens();
+            batch_rows += batch.input_ids.len();
+            accumulation.add(&model, loss.backward());
         }
-        let grads = loss.backward();
         let lr = lr_at(
             step,
             total,
             config.optimizer.learning_rate,
             &config.schedule,
         );
-        let (next, step_stats) = opt.step(model, &grads, lr);
+        let (grads, scale) = accumulation.take();
+        let (next, step_stats) = opt.step_params(model, &grads, scale, lr);
         model = next;
         state.step += 1;
-        state.examples += batch.input_ids.len() as u64;
+        state.examples += batch_rows as u64;
         state.stream = stream.position();
-        window_tokens += batch.num_tokens();
+        window_tokens += batch_tokens;
         progress.inc(1);
         if tty {
             progress.set_message(format!("pretraining loss {:.3}", stats.loss));
@@ -528,7 +443,7 @@ fn train<B: AutodiffBackend>(
                     line["tokens_per_second"].as_f64().unwrap_or(0.0)
                 );
             }
-            metrics.write(line)?;
+            metrics.write(&line)?;
             window_tokens = 0;
             window_start = Instant::now();
         }
@@ -537,10 +452,20 @@ fn train<B: AutodiffBackend>(
         if let Some(valid) = &valid_corpus
             && (eval_now || state.step == total)
         {
-            let s = evaluate(&model.valid(), valid, &vocab, &special, config, device);
-            state.best_eval_loss =
-                Some(state.best_eval_loss.map_or(s.loss, |b: f64| b.min(s.loss)));
-            metrics.write(stats_json("eval", state.step, epoch, &s))?;
+            let inner = model.valid();
+            let s = evaluate(&inner, valid, &vocab, &special, config, device);
+            let eval = stats_json("eval", state.step, epoch, &s);
+            if state.best_eval_loss.is_none_or(|b| s.loss < b) {
+                state.best_eval_loss = Some(s.loss);
+                rundir::save_model_dir(
+                    &inner,
+                    &bert_config,
+                    &tokenizer,
+                    &out.join("best"),
+                    &[("eval.json", serde_json::to_string_pretty(&eval)?)],
+                )?;
+            }
+            metrics.write(&eval)?;
             let line = format!(
                 "eval at step {}: mlm_loss {:.4}, mlm_accuracy {:.3}",
                 state.step,
@@ -561,8 +486,9 @@ fn train<B: AutodiffBackend>(
                 .stop_after_steps
                 .is_some_and(|s| state.step >= s && state.step < total);
         if save_now || state.step == total || stop {
-            save_checkpoint(
+            rundir::save_checkpoint(
                 out,
+                state.step,
                 &model,
                 &bert_config,
                 &opt,

@@ -121,26 +121,434 @@ fn regression_reports_correlations() {
 }
 
 #[test]
-fn unsupported_task_kinds_and_bad_labels_are_clear() {
+fn bad_task_kinds_and_bad_labels_are_clear() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(dir.path(), "bad", false);
+    let cfg = cfg.to_str().expect("utf8");
+    fails_in_one_line(
+        &[
+            "finetune",
+            "--config",
+            cfg,
+            "--set",
+            "task.kind=translation",
+        ],
+        "unknown variant",
+    );
     let out = bert(&[
         "finetune",
         "--config",
-        cfg.to_str().expect("utf8"),
-        "--set",
-        "task.kind=question-answering",
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
-    let out = bert(&[
-        "finetune",
-        "--config",
-        cfg.to_str().expect("utf8"),
+        cfg,
         "--set",
         "task.labels=[\"a\", \"b\"]",
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown label") && err.contains(":2"), "{err}");
+}
+
+/// A config for `kind` over the tiny MLM fixture, with extra `[task]` lines.
+fn task_config(
+    dir: &Path,
+    name: &str,
+    kind: &str,
+    files: (&Path, &Path),
+    task: &str,
+    training: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\ninit_from = \"{}\"\n\n[task]\nkind = \"{kind}\"\ntrain_file = \"{}\"\nvalid_file = \"{}\"\n{task}\n\n[optimizer]\nlearning_rate = 5e-3\n\n[schedule]\nwarmup_ratio = 0.1\n\n[training]\nlog_every_steps = 5\n{training}\n\n[output]\ndir = \"{}\"\n",
+            root().join("tests/fixtures/tiny-bert/BertForMaskedLM").display(),
+            files.0.display(),
+            files.1.display(),
+            dir.join(name).display()
+        ),
+    )
+    .expect("config");
+    path
+}
+
+/// Deterministic pseudo-random numbers for the synthetic data.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("json")
+}
+
+/// CoNLL sentences: words w5..w8 are single-word `B-PER` entities, pairs w15 w16 a two-word
+/// `B-LOC I-LOC`, everything else (w40..w60) `O`.
+fn write_conll(path: &Path, sentences: usize, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut text = String::new();
+    for _ in 0..sentences {
+        for _ in 0..4 + rng.next(4) {
+            match rng.next(4) {
+                0 => text.push_str(&format!("w{}\tB-PER\n", 5 + rng.next(4))),
+                1 => text.push_str("w15\tB-LOC\nw16\tI-LOC\n"),
+                _ => text.push_str(&format!("w{}\tO\n", 40 + rng.next(21))),
+            }
+        }
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("conll");
+}
+
+#[test]
+fn token_classification_learns_entities_and_predicts_spans() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (train, dev) = (dir.path().join("train.conll"), dir.path().join("dev.conll"));
+    write_conll(&train, 64, 1);
+    write_conll(&dev, 16, 2);
+    let cfg = task_config(
+        dir.path(),
+        "ner",
+        "token-classification",
+        (&train, &dev),
+        "max_length = 24",
+        "epochs = 24\nbatch_size = 8\neval_every_steps = 48",
+    );
+    ok(&["finetune", "--config", cfg.to_str().expect("utf8")]);
+    let eval = read_json(&dir.path().join("ner/eval.json"));
+    assert!(eval["f1"].as_f64().expect("f1") > 0.8, "{eval}");
+    assert!(eval["per_type_f1"]["LOC"].as_f64().is_some(), "{eval}");
+    let config = read_json(&dir.path().join("ner/final/config.json"));
+    assert_eq!(config["architectures"][0], "BertForTokenClassification");
+    assert_eq!(config["id2label"]["0"], "O");
+    for f in [
+        "loss.png",
+        "metrics.jsonl",
+        "best/model.safetensors",
+        "best/eval.json",
+    ] {
+        assert!(dir.path().join("ner").join(f).is_file(), "{f}");
+    }
+    // `bert evaluate` of final/ reproduces eval.json.
+    let model = dir.path().join("ner/final");
+    let out_json = dir.path().join("evaluate.json");
+    ok(&[
+        "evaluate",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--output",
+        out_json.to_str().expect("utf8"),
+    ]);
+    let again = read_json(&out_json);
+    assert!((again["f1"].as_f64().expect("f1") - eval["f1"].as_f64().expect("f1")).abs() < 1e-9);
+    // `bert predict`: character spans on raw text, word spans on tokens.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"text\": \"w40 w7 w41 w15 w16\"}\n{\"tokens\": [\"w8\", \"w50\"]}\n",
+    )
+    .expect("input");
+    let output = dir.path().join("out.jsonl");
+    ok(&[
+        "predict",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        output.to_str().expect("utf8"),
+    ]);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
+        .expect("out")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    let first = &lines[0]["entities"];
+    assert_eq!(first[0]["entity"], "PER", "{first}");
+    assert_eq!(
+        (first[0]["start"].as_u64(), first[0]["end"].as_u64()),
+        (Some(4), Some(6))
+    );
+    assert_eq!(first[0]["text"], "w7");
+    assert_eq!(first[1]["entity"], "LOC", "{first}");
+    assert_eq!(first[1]["text"], "w15 w16");
+    assert_eq!(lines[1]["entities"][0]["start_word"], 0);
+    assert_eq!(lines[1]["tags"], serde_json::json!(["B-PER", "O"]));
+}
+
+/// SQuAD-format data: contexts of 6–9 filler words (w40..w60) with one answer word from
+/// w5..w20 somewhere; the question is always "w61 w62".
+fn write_squad(path: &Path, questions: usize, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut paragraphs = Vec::new();
+    for q in 0..questions {
+        let len = 6 + rng.next(4) as usize;
+        let at = rng.next(len as u64) as usize;
+        let words: Vec<String> = (0..len)
+            .map(|i| {
+                if i == at {
+                    format!("w{}", 5 + rng.next(16))
+                } else {
+                    format!("w{}", 40 + rng.next(21))
+                }
+            })
+            .collect();
+        let context = words.join(" ");
+        let start = words[..at].iter().map(|w| w.len() + 1).sum::<usize>();
+        paragraphs.push(serde_json::json!({
+            "context": context,
+            "qas": [{"id": format!("q{q}"), "question": "w61 w62", "answers": [{"text": words[at], "answer_start": start}]}],
+        }));
+    }
+    let doc = serde_json::json!({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": paragraphs}]});
+    std::fs::write(path, doc.to_string()).expect("squad");
+}
+
+#[test]
+fn question_answering_finds_the_span_across_windows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (train, dev) = (dir.path().join("train.json"), dir.path().join("dev.json"));
+    write_squad(&train, 96, 3);
+    write_squad(&dev, 24, 4);
+    // 12-token windows over 6–9 word contexts: long contexts make two windows.
+    let cfg = task_config(
+        dir.path(),
+        "qa",
+        "question-answering",
+        (&train, &dev),
+        "max_length = 12\ndoc_stride = 4",
+        "epochs = 20\nbatch_size = 8",
+    );
+    let log = ok(&["finetune", "--config", cfg.to_str().expect("utf8")]);
+    assert!(log.contains("training windows"), "{log}");
+    let eval = read_json(&dir.path().join("qa/eval.json"));
+    assert!(
+        eval["features"].as_u64().expect("features") > 24,
+        "several windows per question: {eval}"
+    );
+    assert!(eval["exact_match"].as_f64().expect("em") > 80.0, "{eval}");
+    assert!(eval["f1"].as_f64().expect("f1") >= eval["exact_match"].as_f64().expect("em"));
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"question\": \"w61 w62\", \"context\": \"w41 w42 w9 w43\"}\n",
+    )
+    .expect("input");
+    let output = dir.path().join("out.jsonl");
+    let model = dir.path().join("qa/final");
+    ok(&[
+        "predict",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        output.to_str().expect("utf8"),
+    ]);
+    let answer: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&output).expect("out").trim()).expect("json");
+    assert_eq!(answer["answer"], "w9", "{answer}");
+    assert_eq!(
+        (answer["start"].as_u64(), answer["end"].as_u64()),
+        (Some(8), Some(10))
+    );
+    let p = answer["score"].as_f64().expect("score");
+    assert!(p > 0.0 && p <= 1.0, "{answer}");
+}
+
+#[test]
+fn multiple_choice_learns_and_a_killed_run_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |path: &Path, n: usize, seed: u64| {
+        let mut rng = Lcg(seed);
+        let mut text = String::new();
+        for _ in 0..n {
+            let right = format!("w{} w{}", 5 + rng.next(16), 5 + rng.next(16));
+            let wrong = format!("w{} w{}", 40 + rng.next(21), 40 + rng.next(21));
+            let label = rng.next(2);
+            let choices = if label == 0 {
+                [right, wrong]
+            } else {
+                [wrong, right]
+            };
+            text.push_str(
+                &serde_json::json!({"context": "w61 w62", "choices": choices, "label": label})
+                    .to_string(),
+            );
+            text.push('\n');
+        }
+        std::fs::write(path, text).expect("mc");
+    };
+    let (train, dev) = (dir.path().join("train.jsonl"), dir.path().join("dev.jsonl"));
+    write(&train, 48, 5);
+    write(&dev, 16, 6);
+    let full = task_config(
+        dir.path(),
+        "mc",
+        "multiple-choice",
+        (&train, &dev),
+        "max_length = 16",
+        "epochs = 6\nsave_every_steps = 9\ngradient_accumulation_steps = 2\nbatch_size = 4",
+    );
+    ok(&["finetune", "--config", full.to_str().expect("utf8")]);
+    let eval = read_json(&dir.path().join("mc/eval.json"));
+    assert!(
+        eval["accuracy"].as_f64().expect("accuracy") >= 0.9,
+        "{eval}"
+    );
+    // The same run stopped at step 9 (as Ctrl-C would) and resumed ends with the same weights.
+    let split = task_config(
+        dir.path(),
+        "mc-split",
+        "multiple-choice",
+        (&train, &dev),
+        "max_length = 16",
+        "epochs = 6\nsave_every_steps = 9\ngradient_accumulation_steps = 2\nbatch_size = 4\nstop_after_steps = 9",
+    );
+    let log = ok(&["finetune", "--config", split.to_str().expect("utf8")]);
+    assert!(log.contains("continue with --resume"), "{log}");
+    assert!(!dir.path().join("mc-split/final").exists());
+    fails_in_one_line(
+        &["finetune", "--config", split.to_str().expect("utf8")],
+        "--resume",
+    );
+    ok(&[
+        "finetune",
+        "--config",
+        split.to_str().expect("utf8"),
+        "--resume",
+        "--set",
+        "training.stop_after_steps=1000",
+    ]);
+    let a = read_tensors(&dir.path().join("mc/final/model.safetensors"));
+    let b = read_tensors(&dir.path().join("mc-split/final/model.safetensors"));
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        let y = &b[name];
+        let diff = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(diff <= 1e-6, "{name}: {diff}");
+    }
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"context\": \"w61 w62\", \"choices\": [\"w50 w51\", \"w6 w7\"]}\n",
+    )
+    .expect("input");
+    let output = dir.path().join("out.jsonl");
+    ok(&[
+        "predict",
+        "--model",
+        dir.path().join("mc/final").to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        output.to_str().expect("utf8"),
+    ]);
+    let p: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&output).expect("out").trim()).expect("json");
+    assert_eq!(p["label"], 1, "{p}");
+    assert_eq!(p["choice"], "w6 w7");
+}
+
+/// All f32 tensors of a safetensors file.
+fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, v)
+        })
+        .collect()
+}
+
+#[test]
+fn predict_and_evaluate_errors_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mlm = root().join("tests/fixtures/tiny-bert/BertForMaskedLM");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"w5\"}\n").expect("input");
+    let out = dir.path().join("out.jsonl");
+    fails_in_one_line(
+        &[
+            "predict",
+            "--model",
+            mlm.to_str().expect("utf8"),
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ],
+        "no task head",
+    );
+    // The tiny classifier with the MLM fixture's vocabulary (same ids).
+    let cls = dir.path().join("cls");
+    std::fs::create_dir_all(&cls).expect("dir");
+    let fixtures = root().join("tests/fixtures/tiny-bert");
+    for entry in std::fs::read_dir(fixtures.join("BertForSequenceClassification")).expect("fixture")
+    {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, cls.join(path.file_name().expect("name"))).expect("copy");
+    }
+    for file in ["vocab.txt", "tokenizer_config.json"] {
+        std::fs::copy(fixtures.join("BertForMaskedLM").join(file), cls.join(file)).expect("copy");
+    }
+    std::fs::write(&input, "{\"text\": \"w5\"}\nnot json\n").expect("input");
+    fails_in_one_line(
+        &[
+            "predict",
+            "--model",
+            cls.to_str().expect("utf8"),
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ],
+        "in.jsonl:2",
+    );
+    std::fs::write(&input, "{\"txt\": \"w5\"}\n").expect("input");
+    fails_in_one_line(
+        &[
+            "predict",
+            "--model",
+            cls.to_str().expect("utf8"),
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ],
+        "missing string field \"text\"",
+    );
+    let cfg = config(dir.path(), "x", false);
+    fails_in_one_line(
+        &[
+            "evaluate",
+            "--model",
+            cls.to_str().expect("utf8"),
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--set",
+            "task.kind=token-classification",
+        ],
+        "needs a BertForTokenClassification",
+    );
 }

@@ -1,0 +1,292 @@
+//! Extractive question answering (SQuAD v1.1 JSON): `[CLS] question [SEP] context window [SEP]`
+//! windows with a doc stride, start/end cross-entropy (windows without the answer point at
+//! `[CLS]`), answers chosen over all windows of a question, scored with the official SQuAD
+//! exact match and F1.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use bert_data::BertTokenizer;
+use bert_data::tasks::qa::{
+    QaExample, QaFeature, best_span, encode_example, read_squad, span_text,
+};
+use bert_model::{BertConfig, BertForQuestionAnswering};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Device, Tensor};
+
+use super::{BatchLoss, InputLine, PredictArgs, Setup, first, host, input_of, targets};
+use crate::metrics;
+
+fn features(
+    path: &Path,
+    examples: &[QaExample],
+    tokenizer: &BertTokenizer,
+) -> Result<Vec<QaFeature>> {
+    let mut out = Vec::new();
+    for (i, e) in examples.iter().enumerate() {
+        out.extend(
+            encode_example(tokenizer, e, i)
+                .with_context(|| format!("{}: question {}", path.display(), e.id))?,
+        );
+    }
+    Ok(out)
+}
+
+fn windows(setup: &Setup) -> Result<BertTokenizer> {
+    let task = &setup.config.task;
+    Ok(setup
+        .tokenizer
+        .with_windows(task.max_length(), task.doc_stride)?)
+}
+
+/// `(start, end)` logits, `[rows, seq]` each.
+fn forward<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    rows: &[&QaFeature],
+    pad: u32,
+    device: &Device<B>,
+) -> (Tensor<B, 2>, Tensor<B, 2>, usize) {
+    let (input, seq_len) = input_of(
+        rows.iter().map(|r| {
+            (
+                r.encoding.input_ids.as_slice(),
+                r.encoding.token_type_ids.as_slice(),
+            )
+        }),
+        pad,
+        device,
+    );
+    let (s, e, _) = model.forward(input, false);
+    (s, e, seq_len)
+}
+
+/// Padding must never be picked: its logits are pushed far down before the softmax.
+fn mask_padding<B: Backend>(
+    logits: Tensor<B, 2>,
+    rows: &[&QaFeature],
+    device: &Device<B>,
+) -> Tensor<B, 2> {
+    let [b, t] = logits.dims();
+    let mut bias = vec![0f32; b * t];
+    for (r, row) in rows.iter().enumerate() {
+        for v in &mut bias[r * t + row.encoding.len()..(r + 1) * t] {
+            *v = -1e4;
+        }
+    }
+    logits + Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(bias, [b, t]), device)
+}
+
+/// The best answer of a question over its windows.
+#[derive(Debug, Clone)]
+struct Answer {
+    text: String,
+    /// Start + end logit (what is compared across windows, as transformers' run_qa).
+    score: f32,
+    /// Softmax probability of the span within its window.
+    probability: f32,
+    /// Character offsets in the context.
+    start: usize,
+    end: usize,
+}
+
+fn log_sum_exp(v: &[f32]) -> f32 {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    m + v.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
+}
+
+/// Per-question best answer over its windows.
+fn answers<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    examples: &[QaExample],
+    feats: &[QaFeature],
+    setup_task: (usize, usize, usize),
+    pad: u32,
+    device: &Device<B>,
+) -> Result<Vec<Option<Answer>>> {
+    let (batch_size, n_best, max_answer_length) = setup_task;
+    let mut best: Vec<Option<Answer>> = vec![None; examples.len()];
+    for chunk in feats.chunks(batch_size.max(1)) {
+        let refs: Vec<&QaFeature> = chunk.iter().collect();
+        let (s, e, t) = forward(model, &refs, pad, device);
+        let (s, e) = (host(s)?, host(e)?);
+        for (r, f) in chunk.iter().enumerate() {
+            let n = f.encoding.len();
+            let (sl, el) = (&s[r * t..r * t + n], &e[r * t..r * t + n]);
+            if let Some((score, a, b)) =
+                best_span(sl, el, &f.context_offsets, n_best, max_answer_length)
+            {
+                let context = &examples[f.example_index].context;
+                let text = span_text(context, &f.context_offsets, a, b).unwrap_or_default();
+                let slot = &mut best[f.example_index];
+                if slot.as_ref().is_none_or(|x| score > x.score) {
+                    *slot = Some(Answer {
+                        text,
+                        score,
+                        probability: (score - log_sum_exp(sl) - log_sum_exp(el)).exp(),
+                        start: f.context_offsets[a].map_or(0, |o| o.0),
+                        end: f.context_offsets[b].map_or(0, |o| o.1),
+                    });
+                }
+            }
+        }
+    }
+    Ok(best)
+}
+
+fn evaluate<B: Backend>(
+    model: &BertForQuestionAnswering<B>,
+    examples: &[QaExample],
+    feats: &[QaFeature],
+    setup: &Setup,
+    device: &Device<B>,
+) -> Result<serde_json::Value> {
+    let task = &setup.config.task;
+    let found = answers(
+        model,
+        examples,
+        feats,
+        (
+            setup.config.training.batch_size,
+            task.n_best,
+            task.max_answer_length,
+        ),
+        setup.pad(),
+        device,
+    )?;
+    let predictions: Vec<String> = found
+        .into_iter()
+        .map(|a| a.map(|x| x.text).unwrap_or_default())
+        .collect();
+    let golds: Vec<Vec<String>> = examples
+        .iter()
+        .map(|e| e.answers.iter().map(|a| a.0.clone()).collect())
+        .collect();
+    let (em, f1) = metrics::squad_scores(&predictions, &golds);
+    Ok(serde_json::json!({
+        "exact_match": em,
+        "f1": f1,
+        "examples": examples.len(),
+        "features": feats.len(),
+    }))
+}
+
+fn head_config(base: &BertConfig) -> BertConfig {
+    let mut c = base.clone();
+    c.architectures = vec!["BertForQuestionAnswering".into()];
+    c
+}
+
+fn read(
+    setup: &Setup,
+    path: &Path,
+    limit: Option<usize>,
+) -> Result<(Vec<QaExample>, Vec<QaFeature>)> {
+    let examples = first(read_squad(path)?, limit);
+    let feats = features(path, &examples, &windows(setup)?)?;
+    Ok((examples, feats))
+}
+
+/// Fine-tunes.
+pub(crate) fn train<B: AutodiffBackend>(
+    setup: &Setup,
+    resume: bool,
+    device: &Device<B>,
+) -> Result<()> {
+    let task = &setup.config.task;
+    let (_, train_features) = read(setup, &task.train_file, task.max_train_examples)?;
+    let (valid_examples, valid_features) = read(setup, &task.valid_file, task.max_valid_examples)?;
+    eprintln!(
+        "question answering: {} training windows, {} dev windows of {} questions",
+        train_features.len(),
+        valid_features.len(),
+        valid_examples.len()
+    );
+    let config = head_config(&setup.bert_config);
+    let model: BertForQuestionAnswering<B> = super::init_model(setup, &config, device)?;
+    let pad = setup.pad();
+    super::fit(
+        setup,
+        model,
+        &config,
+        resume,
+        train_features.len(),
+        "f1",
+        |model, idx| {
+            let rows: Vec<&QaFeature> = idx.iter().map(|&i| &train_features[i]).collect();
+            let (s, e, _) = forward(model, &rows, pad, device);
+            let starts = targets(
+                rows.iter().map(|r| r.start_position as i64).collect(),
+                device,
+            );
+            let ends = targets(rows.iter().map(|r| r.end_position as i64).collect(), device);
+            let s = mask_padding(s, &rows, device);
+            let e = mask_padding(e, &rows, device);
+            let loss = (crate::pretrain::cross_entropy(s, starts)
+                + crate::pretrain::cross_entropy(e, ends))
+                / 2.0;
+            Ok(BatchLoss {
+                loss,
+                tokens: rows.iter().map(|r| r.encoding.len()).sum(),
+            })
+        },
+        |model| evaluate(model, &valid_examples, &valid_features, setup, device),
+        device,
+    )
+}
+
+/// `bert evaluate` of a fine-tuned directory.
+pub(crate) fn evaluate_dir<B: Backend>(
+    setup: &Setup,
+    dir: &Path,
+    device: &Device<B>,
+) -> Result<serde_json::Value> {
+    let (model, _) = super::load_head::<B, BertForQuestionAnswering<B>>(dir, device)?;
+    let task = &setup.config.task;
+    let (examples, feats) = read(setup, &task.valid_file, task.max_valid_examples)?;
+    evaluate(&model, &examples, &feats, setup, device)
+}
+
+/// `bert predict`: `{"answer", "start", "end", "score"}` (character offsets into the context;
+/// score = probability of the span within its window).
+pub(crate) fn predict<B: Backend>(
+    dir: &Path,
+    tokenizer: &BertTokenizer,
+    lines: &[InputLine],
+    args: &PredictArgs,
+    max_length: usize,
+    device: &Device<B>,
+) -> Result<Vec<serde_json::Value>> {
+    let (model, _) = super::load_head::<B, BertForQuestionAnswering<B>>(dir, device)?;
+    let stride = args.doc_stride.unwrap_or(128.min(max_length / 3));
+    let windows = tokenizer.with_windows(max_length, stride)?;
+    let pad = tokenizer.special_tokens().pad;
+    let mut examples = Vec::new();
+    for l in lines {
+        examples.push(QaExample {
+            id: l.line.to_string(),
+            title: String::new(),
+            question: super::field(&args.input, l, "question")?.to_string(),
+            context: super::field(&args.input, l, "context")?.to_string(),
+            answers: Vec::new(),
+            is_impossible: true,
+        });
+    }
+    let feats = features(&args.input, &examples, &windows)?;
+    let found = answers(
+        &model,
+        &examples,
+        &feats,
+        (args.batch_size, 20, 30),
+        pad,
+        device,
+    )?;
+    Ok(found
+        .into_iter()
+        .map(|a| match a {
+            Some(a) => serde_json::json!({
+                "answer": a.text, "start": a.start, "end": a.end, "score": a.probability,
+            }),
+            None => serde_json::json!({"answer": "", "start": null, "end": null, "score": 0.0}),
+        })
+        .collect())
+}

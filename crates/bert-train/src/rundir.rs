@@ -1,0 +1,192 @@
+//! What pretraining and fine-tuning runs share: the run directory's checkpoints
+//! (`checkpoints/step-N/` with HF-layout weights, optimizer moments and the trainer state,
+//! written under a temporary name and renamed), `best/`, `metrics.jsonl`, and the Ctrl-C flag.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use bert_model::checkpoint::{read_checkpoint, write_atomically, write_safetensors};
+use bert_model::{BertConfig, LoadOptions, PretrainedBert, load_weights, save_pretrained};
+use burn::module::AutodiffModule;
+use burn::tensor::Device;
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::optim::AdamW;
+
+/// Appends JSON lines to `metrics.jsonl` (flushed per line, so a plot can follow a live run).
+pub struct Metrics {
+    file: std::fs::File,
+}
+
+impl Metrics {
+    /// Opens `dir/metrics.jsonl` for appending.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Self { file })
+    }
+
+    /// Writes one line.
+    pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}")?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+/// Complete checkpoints of a run, oldest first: `(step, directory)`.
+pub fn checkpoint_dirs(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("checkpoints"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Refuses to overwrite a run (or to resume nothing); returns the checkpoint to resume from.
+pub fn check_resume(out: &Path, resume: bool) -> Result<Option<PathBuf>> {
+    let existing = checkpoint_dirs(out);
+    if !resume && !existing.is_empty() {
+        anyhow::bail!(
+            "{} already has checkpoints: pass --resume to continue, or choose another output.dir",
+            out.display()
+        );
+    }
+    if resume && existing.is_empty() {
+        anyhow::bail!("nothing to resume: {} has no checkpoint", out.display());
+    }
+    Ok(existing.last().map(|(_, d)| d.clone()))
+}
+
+/// Writes `checkpoints/step-N/` (model in HF layout, `optimizer.safetensors`,
+/// `trainer_state.json`) atomically, then deletes all but the newest `keep`.
+pub fn save_checkpoint<B, M, S>(
+    out: &Path,
+    step: u64,
+    model: &M,
+    config: &BertConfig,
+    opt: &AdamW<B>,
+    state: &S,
+    keep: usize,
+) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    M::InnerModule: PretrainedBert<B::InnerBackend>,
+    S: Serialize,
+{
+    let root = out.join("checkpoints");
+    std::fs::create_dir_all(&root)?;
+    let name = format!("step-{step:08}");
+    let tmp = root.join(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    save_pretrained(&model.valid(), config, &tmp)?;
+    let (_, moments) = opt.state();
+    write_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
+    write_atomically(
+        &tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
+    let target = root.join(&name);
+    let _ = std::fs::remove_dir_all(&target);
+    std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    let all = checkpoint_dirs(out);
+    if all.len() > keep.max(1) {
+        for (_, old) in &all[..all.len() - keep.max(1)] {
+            let _ = std::fs::remove_dir_all(old);
+        }
+    }
+    Ok(target)
+}
+
+/// Restores a checkpoint into `model` and `opt`; returns the model and the trainer state.
+pub fn load_checkpoint<B, M, S>(
+    dir: &Path,
+    model: M,
+    opt: &mut AdamW<B>,
+    optimizer_step: impl Fn(&S) -> u64,
+    device: &Device<B>,
+) -> Result<(M, S)>
+where
+    B: AutodiffBackend,
+    M: PretrainedBert<B>,
+    S: DeserializeOwned,
+{
+    let text = std::fs::read_to_string(dir.join("trainer_state.json"))?;
+    let state: S = serde_json::from_str(&text)
+        .with_context(|| format!("{}: bad trainer state", dir.display()))?;
+    let (model, _) =
+        load_weights::<B, M>(model, &dir.join("model.safetensors"), LoadOptions::strict())?;
+    let moments = read_checkpoint(&dir.join("optimizer.safetensors"))?
+        .into_iter()
+        .map(|(k, s)| {
+            s.to_data()
+                .map(|d| (k, d))
+                .map_err(|e| anyhow::anyhow!("{e:?}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    opt.load_state(optimizer_step(&state), moments, device)?;
+    Ok((model, state))
+}
+
+/// Writes a model (HF layout, with the tokenizer of `tokenizer_dir` and `extra` files) into
+/// `dir` atomically: built under a temporary name, then renamed over the old one.
+pub fn save_model_dir<B, M>(
+    model: &M,
+    config: &BertConfig,
+    tokenizer: &bert_data::BertTokenizer,
+    dir: &Path,
+    extra: &[(&str, String)],
+) -> Result<()>
+where
+    B: burn::tensor::backend::Backend,
+    M: PretrainedBert<B>,
+{
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model".into());
+    let tmp = dir.with_file_name(format!(".{name}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    save_pretrained(model, config, &tmp)?;
+    tokenizer.save(&tmp)?;
+    for (file, text) in extra {
+        write_atomically(&tmp.join(file), text.as_bytes())?;
+    }
+    let old = dir.with_file_name(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old)?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Set on Ctrl-C; the loop saves a checkpoint and exits.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler = flag.clone();
+    let _ = ctrlc::set_handler(move || handler.store(true, Ordering::SeqCst));
+    flag
+}
