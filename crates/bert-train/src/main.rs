@@ -2,6 +2,7 @@
 //! download, benchmark).
 
 mod backend;
+mod bench;
 mod config;
 mod data;
 mod encode;
@@ -83,12 +84,20 @@ enum TokenizerCommand {
 enum DataCommand {
     /// Tokenize a corpus once into memory-mapped shards (incremental, all cores).
     Prepare(data::CorpusArgs),
+    /// Write the exact training and eval batches of a pretraining config to a safetensors
+    /// file (for a reference run in PyTorch: scripts/pretrain_pytorch.py).
+    Dump(pretrain::DumpArgs),
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Corpus preparation (MB/s) and pretraining stream (batches/s, tokens/s) throughput.
     Data(data::BenchDataArgs),
+    /// Training-step time of a pretraining config's model on a synthetic batch (forward, loss,
+    /// backward, optimizer): median and spread, tokens/s, peak memory.
+    Train(bench::BenchTrainArgs),
+    /// Sentence-embedding throughput (sentences/s) of a model, tokenization included.
+    Encode(bench::BenchEncodeArgs),
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -102,9 +111,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data {
             command: DataCommand::Prepare(args),
         } => data::prepare_corpus(&args),
+        Command::Data {
+            command: DataCommand::Dump(args),
+        } => pretrain::dump(&args),
         Command::Bench {
             command: BenchCommand::Data(args),
         } => data::bench_data(&args),
+        Command::Bench {
+            command: BenchCommand::Train(args),
+        } => bench::train(&args),
+        Command::Bench {
+            command: BenchCommand::Encode(args),
+        } => bench::encode(&args),
         Command::Download(args) => hub::download(&args),
         Command::FillMask(args) => fill_mask::run(&args),
         Command::Pretrain(args) => pretrain::run(&args),

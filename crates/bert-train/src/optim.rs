@@ -232,7 +232,6 @@ impl<B: AutodiffBackend> AdamW<B> {
     }
 
     /// Clips gradients to the global norm, then applies one AdamW update at learning rate `lr`.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub fn step<M: AutodiffModule<B>>(
         &mut self,
         model: M,

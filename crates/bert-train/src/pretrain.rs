@@ -61,8 +61,8 @@ pub struct TrainerState {
 
 /// Losses and accuracies of one batch.
 #[derive(Debug, Clone, Copy, Default)]
-struct BatchStats {
-    loss: f64,
+pub(crate) struct BatchStats {
+    pub loss: f64,
     mlm_loss: f64,
     nsp_loss: f64,
     mlm_correct: usize,
@@ -104,7 +104,7 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usiz
 }
 
 /// Forward pass and loss of a batch: `(loss tensor, stats)`.
-fn forward<B: Backend>(
+pub(crate) fn forward<B: Backend>(
     model: &BertForPreTraining<B>,
     batch: &PretrainingBatch,
     device: &Device<B>,
@@ -152,16 +152,14 @@ fn forward<B: Backend>(
     (loss, stats)
 }
 
-fn evaluate<B: Backend>(
-    model: &BertForPreTraining<B>,
-    corpus: &PreparedCorpus,
+/// The held-out stream: the same sequences and masks at every evaluation.
+fn eval_stream<'a>(
+    corpus: &'a PreparedCorpus,
     vocab: &MaskVocab,
     special: &bert_data::SpecialTokens,
     config: &PretrainConfig,
-    device: &Device<B>,
-) -> BatchStats {
-    // The same held-out sequences and masks at every evaluation.
-    let mut stream = PretrainingStream::new(
+) -> PretrainingStream<'a, PreparedCorpus> {
+    PretrainingStream::new(
         corpus,
         vocab.clone(),
         special.cls,
@@ -171,7 +169,18 @@ fn evaluate<B: Backend>(
             .data
             .stream_config(derive_seed(&[config.training.seed, 99])),
         StreamPosition::default(),
-    );
+    )
+}
+
+fn evaluate<B: Backend>(
+    model: &BertForPreTraining<B>,
+    corpus: &PreparedCorpus,
+    vocab: &MaskVocab,
+    special: &bert_data::SpecialTokens,
+    config: &PretrainConfig,
+    device: &Device<B>,
+) -> BatchStats {
+    let mut stream = eval_stream(corpus, vocab, special, config);
     let mut total = BatchStats::default();
     let mut batches = 0usize;
     for _ in 0..config.training.eval_batches.max(1) {
@@ -241,6 +250,98 @@ fn prepared(
     Ok(dir)
 }
 
+/// Everything a run reads before its model: tokenizer (trained at the first run when asked),
+/// model config, prepared corpora, masking vocabulary.
+struct PretrainData {
+    init_dir: Option<PathBuf>,
+    tokenizer: BertTokenizer,
+    bert_config: bert_model::BertConfig,
+    train_corpus: PreparedCorpus,
+    valid_corpus: Option<PreparedCorpus>,
+    vocab: MaskVocab,
+    special: bert_data::SpecialTokens,
+}
+
+impl PretrainData {
+    fn open(config: &PretrainConfig) -> Result<Self> {
+        let init_dir = match &config.model.init_from {
+            Some(m) => Some(crate::hub::resolve_model(Path::new(m))?),
+            None => None,
+        };
+        let tokenizer_dir = config
+            .data
+            .tokenizer
+            .clone()
+            .or_else(|| init_dir.clone())
+            .context("no tokenizer: set data.tokenizer or model.init_from")?;
+        if let Some(vocab_size) = config.data.train_tokenizer_vocab_size
+            && !["tokenizer.json", "vocab.txt"]
+                .iter()
+                .any(|f| tokenizer_dir.join(f).is_file())
+        {
+            let files = bert_data::pretraining::shards::expand_inputs(&config.data.train_files)?;
+            eprintln!(
+                "training a {vocab_size}-token WordPiece vocabulary into {}",
+                tokenizer_dir.display()
+            );
+            BertTokenizer::train(
+                &files,
+                vocab_size,
+                false,
+                2,
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )?
+            .save(&tokenizer_dir)?;
+        }
+        let tokenizer_dir = crate::hub::resolve_model(&tokenizer_dir)?;
+        let tokenizer = BertTokenizer::from_dir(&tokenizer_dir)
+            .with_context(|| format!("cannot load the tokenizer of {}", tokenizer_dir.display()))?;
+        let mut bert_config = config.model.bert_config(init_dir.as_deref())?;
+        if init_dir.is_none() && !config.model.fields.contains_key("vocab_size") {
+            bert_config.vocab_size = tokenizer.vocab_size();
+        }
+        if bert_config.vocab_size < tokenizer.vocab_size() {
+            bail!(
+                "the model's vocab_size {} is smaller than the tokenizer's {}",
+                bert_config.vocab_size,
+                tokenizer.vocab_size()
+            );
+        }
+        if bert_config.max_position_embeddings < config.data.max_seq_length {
+            bail!(
+                "data.max_seq_length {} exceeds the model's max_position_embeddings {}",
+                config.data.max_seq_length,
+                bert_config.max_position_embeddings
+            );
+        }
+        bert_config.architectures = vec!["BertForPreTraining".into()];
+        if config.data.train_files.is_empty() {
+            bail!("data.train_files is empty");
+        }
+        let train_dir = prepared(config, "train", &config.data.train_files, &tokenizer)?;
+        let train_corpus = PreparedCorpus::open(&train_dir, Some(&tokenizer))?;
+        let valid_corpus = if config.data.valid_files.is_empty() {
+            None
+        } else {
+            Some(PreparedCorpus::open(
+                prepared(config, "valid", &config.data.valid_files, &tokenizer)?,
+                Some(&tokenizer),
+            )?)
+        };
+        let vocab = MaskVocab::from_tokenizer(&tokenizer)?;
+        let special = tokenizer.special_tokens().clone();
+        Ok(Self {
+            init_dir,
+            tokenizer,
+            bert_config,
+            train_corpus,
+            valid_corpus,
+            vocab,
+            special,
+        })
+    }
+}
+
 fn train<B: AutodiffBackend>(
     config: &PretrainConfig,
     resume: bool,
@@ -254,72 +355,15 @@ fn train<B: AutodiffBackend>(
         toml::to_string(config)?.as_bytes(),
     )?;
 
-    let init_dir = match &config.model.init_from {
-        Some(m) => Some(crate::hub::resolve_model(Path::new(m))?),
-        None => None,
-    };
-    let tokenizer_dir = config
-        .data
-        .tokenizer
-        .clone()
-        .or_else(|| init_dir.clone())
-        .context("no tokenizer: set data.tokenizer or model.init_from")?;
-    if let Some(vocab_size) = config.data.train_tokenizer_vocab_size
-        && !["tokenizer.json", "vocab.txt"]
-            .iter()
-            .any(|f| tokenizer_dir.join(f).is_file())
-    {
-        let files = bert_data::pretraining::shards::expand_inputs(&config.data.train_files)?;
-        eprintln!(
-            "training a {vocab_size}-token WordPiece vocabulary into {}",
-            tokenizer_dir.display()
-        );
-        BertTokenizer::train(
-            &files,
-            vocab_size,
-            false,
-            2,
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )?
-        .save(&tokenizer_dir)?;
-    }
-    let tokenizer_dir = crate::hub::resolve_model(&tokenizer_dir)?;
-    let tokenizer = BertTokenizer::from_dir(&tokenizer_dir)
-        .with_context(|| format!("cannot load the tokenizer of {}", tokenizer_dir.display()))?;
-    let mut bert_config = config.model.bert_config(init_dir.as_deref())?;
-    if init_dir.is_none() && !config.model.fields.contains_key("vocab_size") {
-        bert_config.vocab_size = tokenizer.vocab_size();
-    }
-    if bert_config.vocab_size < tokenizer.vocab_size() {
-        bail!(
-            "the model's vocab_size {} is smaller than the tokenizer's {}",
-            bert_config.vocab_size,
-            tokenizer.vocab_size()
-        );
-    }
-    if bert_config.max_position_embeddings < config.data.max_seq_length {
-        bail!(
-            "data.max_seq_length {} exceeds the model's max_position_embeddings {}",
-            config.data.max_seq_length,
-            bert_config.max_position_embeddings
-        );
-    }
-    bert_config.architectures = vec!["BertForPreTraining".into()];
-    if config.data.train_files.is_empty() {
-        bail!("data.train_files is empty");
-    }
-    let train_dir = prepared(config, "train", &config.data.train_files, &tokenizer)?;
-    let train_corpus = PreparedCorpus::open(&train_dir, Some(&tokenizer))?;
-    let valid_corpus = if config.data.valid_files.is_empty() {
-        None
-    } else {
-        Some(PreparedCorpus::open(
-            prepared(config, "valid", &config.data.valid_files, &tokenizer)?,
-            Some(&tokenizer),
-        )?)
-    };
-    let vocab = MaskVocab::from_tokenizer(&tokenizer)?;
-    let special = tokenizer.special_tokens().clone();
+    let PretrainData {
+        init_dir,
+        tokenizer,
+        bert_config,
+        train_corpus,
+        valid_corpus,
+        vocab,
+        special,
+    } = PretrainData::open(config)?;
 
     let seed = config.training.seed;
     B::seed(device, derive_seed(&[seed, 0]));
@@ -509,6 +553,9 @@ fn train<B: AutodiffBackend>(
     let final_dir = out.join("final");
     save_pretrained(&model.valid(), &bert_config, &final_dir)?;
     tokenizer.save(&final_dir)?;
+    if let Err(e) = crate::plot::loss_plot(out) {
+        eprintln!("warning: no loss.png: {e:#}");
+    }
     eprintln!(
         "done: {} steps in {:.0}s; model in {}",
         state.step,
@@ -527,5 +574,124 @@ pub fn run(args: &PretrainArgs) -> Result<()> {
         args.resume,
         &device
     )?);
+    Ok(())
+}
+
+/// Options of `bert data dump`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DumpArgs {
+    /// Pretraining config (TOML).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config value.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// Stacks batches padded to `seq` into `[n, batch, seq]` / `[n, batch]` int32 tensors.
+fn stack(
+    prefix: &str,
+    batches: &[PretrainingBatch],
+    seq: usize,
+    pad: u32,
+) -> Vec<(String, TensorData)> {
+    let rows = batches.first().map_or(0, |b| b.input_ids.len());
+    let n = batches.len();
+    let field = |name: &str, fill: i64, get: &dyn Fn(&PretrainingBatch) -> &Vec<Vec<i64>>| {
+        let mut v: Vec<i32> = Vec::with_capacity(n * rows * seq);
+        for b in batches {
+            for r in get(b) {
+                v.extend(r.iter().map(|&x| x as i32));
+                v.extend(std::iter::repeat_n(fill as i32, seq - r.len()));
+            }
+        }
+        (
+            format!("{prefix}.{name}"),
+            TensorData::new(v, [n, rows, seq]),
+        )
+    };
+    let nsp: Vec<i32> = batches
+        .iter()
+        .flat_map(|b| b.next_sentence_labels.iter().map(|&x| x as i32))
+        .collect();
+    vec![
+        field("input_ids", i64::from(pad), &|b| &b.input_ids),
+        field("token_type_ids", 0, &|b| &b.token_type_ids),
+        field("attention_mask", 0, &|b| &b.attention_mask),
+        field("mlm_labels", -100, &|b| &b.mlm_labels),
+        (
+            format!("{prefix}.next_sentence_labels"),
+            TensorData::new(nsp, [n, rows]),
+        ),
+    ]
+}
+
+/// `bert data dump`: the exact batches a `bert pretrain` run with this config trains on (one
+/// per micro-batch, in order) and evaluates on, for a reference run in another framework
+/// (scripts/pretrain_pytorch.py).
+pub fn dump(args: &DumpArgs) -> Result<()> {
+    let (config, _) = config::load::<PretrainConfig>(&args.config, &args.set)?;
+    let data = PretrainData::open(&config)?;
+    let seq = config.data.max_seq_length;
+    let pad = data.special.pad;
+    let batch_size = config.training.batch_size;
+    let mut stream = PretrainingStream::new(
+        &data.train_corpus,
+        data.vocab.clone(),
+        data.special.cls,
+        data.special.sep,
+        pad,
+        config.data.stream_config(config.training.seed),
+        StreamPosition::default(),
+    );
+    let steps =
+        config.training.max_steps as usize * config.training.gradient_accumulation_steps.max(1);
+    let mut train = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        train.push(
+            stream
+                .next_batch(batch_size)
+                .context("the corpus yields no sequence")?,
+        );
+    }
+    let mut tensors = stack("train", &train, seq, pad);
+    if let Some(valid) = &data.valid_corpus {
+        let mut stream = eval_stream(valid, &data.vocab, &data.special, &config);
+        let eval: Vec<PretrainingBatch> = (0..config.training.eval_batches.max(1))
+            .map_while(|_| stream.next_batch(batch_size))
+            .collect();
+        tensors.extend(stack("eval", &eval, seq, pad));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, d)| {
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::I32,
+                d.shape.to_vec(),
+                d.as_bytes(),
+            )
+            .map(|v| (name.clone(), v))
+            .map_err(|e| anyhow::anyhow!("{name}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = std::collections::HashMap::from([
+        (
+            "vocab_size".to_string(),
+            data.tokenizer.vocab_size().to_string(),
+        ),
+        ("config".to_string(), toml::to_string(&config)?),
+        ("bert_config".to_string(), data.bert_config.to_json_string()),
+    ]);
+    let bytes = safetensors::serialize(views, Some(metadata))?;
+    write_atomically(&args.output, &bytes)?;
+    eprintln!(
+        "{} training and {} eval batches of {batch_size}×{seq} written to {}",
+        train.len(),
+        config.training.eval_batches,
+        args.output.display()
+    );
     Ok(())
 }
