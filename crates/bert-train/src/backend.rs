@@ -87,8 +87,36 @@ impl BackendKind {
                 "backend 'cuda' was requested but no NVIDIA driver was found (no /dev/nvidiactl, no libcuda.so.1); use --backend cpu"
             );
         }
+        if kind == Self::Wgpu && !wgpu_adapter_present() {
+            bail!(
+                "backend 'wgpu' was requested but no wgpu adapter was found (no GPU driver; without a GPU on Debian/Ubuntu: apt-get install mesa-vulkan-drivers); use --backend cpu"
+            );
+        }
         Ok(kind)
     }
+}
+
+/// Whether wgpu finds an adapter: one tiny tensor round trip. CubeCL panics in its device
+/// thread when there is none; the panic is caught and kept off the terminal.
+#[cfg(feature = "wgpu")]
+fn wgpu_adapter_present() -> bool {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let found = std::panic::catch_unwind(|| {
+        let device = burn::backend::wgpu::WgpuDevice::default();
+        burn::tensor::Tensor::<burn::backend::Wgpu, 1>::zeros([1], &device)
+            .into_data()
+            .to_vec::<f32>()
+            .is_ok()
+    })
+    .unwrap_or(false);
+    std::panic::set_hook(hook);
+    found
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_adapter_present() -> bool {
+    false
 }
 
 /// Whether an NVIDIA driver is installed: the device node and the driver library. Checked before

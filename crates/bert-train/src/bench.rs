@@ -228,6 +228,7 @@ fn bench_train<B: AutodiffBackend>(
     let mut model = model;
     let mut times = Vec::new();
     let mut last_loss = f64::NAN;
+    let mut first_loss = f64::NAN;
     let lr = config.optimizer.learning_rate;
     for i in 0..args.warmup + args.steps {
         let start = Instant::now();
@@ -238,6 +239,9 @@ fn bench_train<B: AutodiffBackend>(
         B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let elapsed = start.elapsed().as_secs_f64() * 1e3;
         last_loss = stats.loss;
+        if i == 0 {
+            first_loss = stats.loss;
+        }
         if i >= args.warmup {
             times.push(elapsed);
         }
@@ -264,6 +268,7 @@ fn bench_train<B: AutodiffBackend>(
         "samples_per_second": batch_size as f64 / median_s,
         "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": serde_json::Value::Null,
+        "first_loss": first_loss,
         "final_loss": last_loss,
         "parameters": model.valid().num_params(),
     }))
