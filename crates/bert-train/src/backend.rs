@@ -1,8 +1,8 @@
 //! Run-time backend selection among the backends compiled in.
 //!
 //! This is the one module that names concrete Burn backends; everything else is generic over
-//! `B: Backend`. Each backend is a cargo feature of this crate (`ndarray` on by default, `wgpu`
-//! and `cuda` opt-in).
+//! `B: Backend`. Each backend is a cargo feature of this crate (`ndarray` on by default, `flex`,
+//! `wgpu` and `cuda` opt-in).
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,6 +14,8 @@ use anyhow::{Result, bail};
 pub enum BackendKind {
     /// CPU (Burn's ndarray backend, with SIMD and rayon).
     Cpu,
+    /// CPU (Burn's flex backend: gemm matmul, strided views, SIMD, rayon).
+    Flex,
     /// wgpu: Vulkan, Metal or DX12 GPUs.
     Wgpu,
     /// NVIDIA CUDA.
@@ -24,6 +26,7 @@ impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Cpu => "cpu",
+            Self::Flex => "flex",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         })
@@ -35,9 +38,10 @@ impl FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" | "ndarray" => Ok(Self::Cpu),
+            "flex" => Ok(Self::Flex),
             "wgpu" | "vulkan" | "metal" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => bail!("unknown backend '{other}' (cpu, wgpu, cuda)"),
+            other => bail!("unknown backend '{other}' (cpu, flex, wgpu, cuda)"),
         }
     }
 }
@@ -47,6 +51,7 @@ impl BackendKind {
     pub fn compiled(self) -> bool {
         match self {
             Self::Cpu => cfg!(feature = "ndarray"),
+            Self::Flex => cfg!(feature = "flex"),
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Cuda => cfg!(feature = "cuda"),
         }
@@ -54,7 +59,7 @@ impl BackendKind {
 
     /// The backends compiled into this binary.
     pub fn all_compiled() -> Vec<Self> {
-        [Self::Cpu, Self::Wgpu, Self::Cuda]
+        [Self::Cpu, Self::Flex, Self::Wgpu, Self::Cuda]
             .into_iter()
             .filter(|b| b.compiled())
             .collect()
@@ -69,7 +74,7 @@ impl BackendKind {
             if Self::Cuda.compiled() && cuda_driver_present() {
                 return Ok(Self::Cuda);
             }
-            return [Self::Cpu, Self::Wgpu]
+            return [Self::Cpu, Self::Flex, Self::Wgpu]
                 .into_iter()
                 .find(|b| b.compiled())
                 .ok_or_else(|| anyhow::anyhow!("no backend compiled in"));
@@ -166,6 +171,12 @@ macro_rules! with_backend {
             $crate::backend::BackendKind::Cpu => {
                 type $B = burn::backend::NdArray<f32>;
                 let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
+                $body
+            }
+            #[cfg(feature = "flex")]
+            $crate::backend::BackendKind::Flex => {
+                type $B = burn::backend::Flex;
+                let $device = burn::backend::flex::FlexDevice;
                 $body
             }
             #[cfg(feature = "wgpu")]
