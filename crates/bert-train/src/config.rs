@@ -29,7 +29,8 @@ pub struct TrainingSection {
     /// Optimizer steps in all.
     #[serde(default = "d::max_steps")]
     pub max_steps: u64,
-    /// Passes over the data (fine-tuning); `max_steps` wins when both are given.
+    /// Passes over the data (fine-tuning); when set it decides the number of steps and
+    /// `max_steps` is ignored.
     #[serde(default)]
     pub epochs: Option<u64>,
     /// Sequences per optimizer step (before accumulation).

@@ -496,8 +496,11 @@ fn train<B: AutodiffBackend>(
         if let Some(valid) = &valid_corpus
             && (eval_now || state.step == total)
         {
+            let eval_start = Instant::now();
             let inner = model.valid();
             let s = evaluate(&inner, valid, &vocab, &special, config, device);
+            // tokens_per_second counts training time only.
+            window_start += eval_start.elapsed();
             let eval = stats_json("eval", state.step, epoch, &s);
             if state.best_eval_loss.is_none_or(|b| s.loss < b) {
                 state.best_eval_loss = Some(s.loss);

@@ -497,8 +497,11 @@ where
         let eval_now =
             training.eval_every_steps > 0 && state.step.is_multiple_of(training.eval_every_steps);
         if eval_now || state.step == total {
+            let eval_start = Instant::now();
             let inner = model.valid();
             let mut m = evaluate(&inner)?;
+            // tokens_per_second counts training time only.
+            window.1 += eval_start.elapsed();
             m["split"] = "eval".into();
             m["step"] = state.step.into();
             m["epoch"] = epoch.into();
