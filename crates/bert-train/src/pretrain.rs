@@ -8,7 +8,6 @@
 //! was not.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -437,12 +436,7 @@ fn train<B: AutodiffBackend>(
                 .context("the corpus yields no sequence")?;
             let (loss, s) = forward(&model, &batch, device);
             if !s.loss.is_finite() {
-                bail!(
-                    "loss is {} at step {}: stopping; the last good checkpoint is kept in {}",
-                    s.loss,
-                    step + 1,
-                    out.join("checkpoints").display()
-                );
+                return Err(rundir::diverged(s.loss, step + 1, out));
             }
             stats.add(&s, micro_batches);
             batch_tokens += batch.num_tokens();
@@ -491,8 +485,7 @@ fn train<B: AutodiffBackend>(
             window_tokens = 0;
             window_start = Instant::now();
         }
-        let eval_now = config.training.eval_every_steps > 0
-            && state.step.is_multiple_of(config.training.eval_every_steps);
+        let eval_now = rundir::due(config.training.eval_every_steps, state.step);
         if let Some(valid) = &valid_corpus
             && (eval_now || state.step == total)
         {
@@ -525,13 +518,8 @@ fn train<B: AutodiffBackend>(
                 eprintln!("{line}");
             }
         }
-        let save_now = config.training.save_every_steps > 0
-            && state.step.is_multiple_of(config.training.save_every_steps);
-        let stop = interrupted.load(Ordering::SeqCst)
-            || config
-                .training
-                .stop_after_steps
-                .is_some_and(|s| state.step >= s && state.step < total);
+        let save_now = rundir::due(config.training.save_every_steps, state.step);
+        let stop = rundir::stop_requested(&interrupted, &config.training, state.step, total);
         if save_now || state.step == total || stop {
             rundir::save_checkpoint(
                 out,

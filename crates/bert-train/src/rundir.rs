@@ -16,6 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::config::TrainingSection;
 use crate::optim::AdamW;
 
 /// Appends JSON lines to `metrics.jsonl` (flushed per line, so a plot can follow a live run).
@@ -181,6 +182,32 @@ where
     std::fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+/// The error that stops a run whose loss is NaN or infinite (`step` counts from 1).
+pub fn diverged(loss: f64, step: u64, out: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "loss is {loss} at step {step}: stopping; the last good checkpoint is kept in {}",
+        out.join("checkpoints").display()
+    )
+}
+
+/// Whether something is due at `step` when it happens every `every` steps (0: never).
+pub fn due(every: u64, step: u64) -> bool {
+    every > 0 && step.is_multiple_of(every)
+}
+
+/// Whether to checkpoint and stop before the end: Ctrl-C, or `training.stop_after_steps`.
+pub fn stop_requested(
+    interrupted: &AtomicBool,
+    training: &TrainingSection,
+    step: u64,
+    total: u64,
+) -> bool {
+    interrupted.load(Ordering::SeqCst)
+        || training
+            .stop_after_steps
+            .is_some_and(|s| step >= s && step < total)
 }
 
 /// Set on Ctrl-C; the loop saves a checkpoint and exits.

@@ -252,27 +252,11 @@ fn token_classification_learns_entities_and_predicts_spans() {
     let again = read_json(&out_json);
     assert!((again["f1"].as_f64().expect("f1") - eval["f1"].as_f64().expect("f1")).abs() < 1e-9);
     // `bert predict`: character spans on raw text, word spans on tokens.
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(
-        &input,
+    let lines = predict(
+        dir.path(),
+        &model,
         "{\"text\": \"w40 w7 w41 w15 w16\"}\n{\"tokens\": [\"w8\", \"w50\"]}\n",
-    )
-    .expect("input");
-    let output = dir.path().join("out.jsonl");
-    ok(&[
-        "predict",
-        "--model",
-        model.to_str().expect("utf8"),
-        "--input",
-        input.to_str().expect("utf8"),
-        "--output",
-        output.to_str().expect("utf8"),
-    ]);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&output)
-        .expect("out")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    );
     let first = &lines[0]["entities"];
     assert_eq!(first[0]["entity"], "PER", "{first}");
     assert_eq!(
@@ -338,25 +322,12 @@ fn question_answering_finds_the_span_across_windows() {
     );
     assert!(eval["exact_match"].as_f64().expect("em") > 80.0, "{eval}");
     assert!(eval["f1"].as_f64().expect("f1") >= eval["exact_match"].as_f64().expect("em"));
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(
-        &input,
+    let answer = predict(
+        dir.path(),
+        &dir.path().join("qa/final"),
         "{\"question\": \"w61 w62\", \"context\": \"w41 w42 w9 w43\"}\n",
     )
-    .expect("input");
-    let output = dir.path().join("out.jsonl");
-    let model = dir.path().join("qa/final");
-    ok(&[
-        "predict",
-        "--model",
-        model.to_str().expect("utf8"),
-        "--input",
-        input.to_str().expect("utf8"),
-        "--output",
-        output.to_str().expect("utf8"),
-    ]);
-    let answer: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&output).expect("out").trim()).expect("json");
+    .remove(0);
     assert_eq!(answer["answer"], "w9", "{answer}");
     assert_eq!(
         (answer["start"].as_u64(), answer["end"].as_u64()),
@@ -442,26 +413,34 @@ fn multiple_choice_learns_and_a_killed_run_resumes_to_the_same_weights() {
             .fold(0f32, f32::max);
         assert!(diff <= 1e-6, "{name}: {diff}");
     }
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(
-        &input,
+    let p = predict(
+        dir.path(),
+        &dir.path().join("mc/final"),
         "{\"context\": \"w61 w62\", \"choices\": [\"w50 w51\", \"w6 w7\"]}\n",
     )
-    .expect("input");
-    let output = dir.path().join("out.jsonl");
+    .remove(0);
+    assert_eq!(p["label"], 1, "{p}");
+    assert_eq!(p["choice"], "w6 w7");
+}
+
+/// Runs `bert predict` with `model` over the JSONL `input`; the output lines.
+fn predict(dir: &Path, model: &Path, input: &str) -> Vec<serde_json::Value> {
+    let (input_path, output) = (dir.join("in.jsonl"), dir.join("out.jsonl"));
+    std::fs::write(&input_path, input).expect("input");
     ok(&[
         "predict",
         "--model",
-        dir.path().join("mc/final").to_str().expect("utf8"),
+        model.to_str().expect("utf8"),
         "--input",
-        input.to_str().expect("utf8"),
+        input_path.to_str().expect("utf8"),
         "--output",
         output.to_str().expect("utf8"),
     ]);
-    let p: serde_json::Value =
-        serde_json::from_str(std::fs::read_to_string(&output).expect("out").trim()).expect("json");
-    assert_eq!(p["label"], 1, "{p}");
-    assert_eq!(p["choice"], "w6 w7");
+    std::fs::read_to_string(&output)
+        .expect("out")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect()
 }
 
 /// All f32 tensors of a safetensors file.

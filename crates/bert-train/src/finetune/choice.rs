@@ -89,7 +89,7 @@ fn read(setup: &Setup, path: &Path, limit: Option<usize>) -> Result<Vec<Row>> {
     if let Some(i) = examples.iter().position(|e| e.label.is_none()) {
         bail!("{}: example {} has no label", path.display(), i + 1);
     }
-    encode(path, &examples, &setup.truncating()?)
+    encode(path, &examples, &setup.truncating)
 }
 
 fn head_config(base: &BertConfig) -> BertConfig {
@@ -99,11 +99,7 @@ fn head_config(base: &BertConfig) -> BertConfig {
 }
 
 /// Fine-tunes.
-pub(crate) fn train<B: AutodiffBackend>(
-    setup: &Setup,
-    resume: bool,
-    device: &Device<B>,
-) -> Result<()> {
+pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Result<()> {
     let task = &setup.config.task;
     let train_rows = read(setup, &task.train_file, task.max_train_examples)?;
     let valid_rows = read(setup, &task.valid_file, task.max_valid_examples)?;
@@ -115,7 +111,6 @@ pub(crate) fn train<B: AutodiffBackend>(
         setup,
         model,
         &config,
-        resume,
         train_rows.len(),
         "accuracy",
         |model, idx| {
@@ -159,13 +154,9 @@ pub(crate) fn predict<B: Backend>(
     tokenizer: &BertTokenizer,
     lines: &[InputLine],
     args: &PredictArgs,
-    max_length: usize,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, _) = super::load_head::<B, BertForMultipleChoice<B>>(dir, device)?;
-    let tokenizer = tokenizer
-        .clone()
-        .with_truncation(max_length, bert_data::Truncation::LongestFirst)?;
     let pad = tokenizer.special_tokens().pad;
     let mut out = Vec::new();
     for l in lines {
@@ -189,7 +180,7 @@ pub(crate) fn predict<B: Backend>(
             choices: choices.clone(),
             label: None,
         };
-        let rows = encode(&args.input, &[example], &tokenizer)?;
+        let rows = encode(&args.input, &[example], tokenizer)?;
         let refs: Vec<&Row> = rows.iter().collect();
         let scores = host(forward(&model, &refs, pad, device)?)?;
         let p = super::softmax(&scores);

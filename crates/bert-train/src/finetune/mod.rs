@@ -16,7 +16,6 @@ mod sequence;
 mod token;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -252,19 +251,15 @@ pub(crate) struct Setup {
     pub init_dir: PathBuf,
     /// Its tokenizer, as stored (saved with the results).
     pub tokenizer: BertTokenizer,
+    /// The same, truncating to `task.max_length` (longest first).
+    pub truncating: BertTokenizer,
     /// The model config before the head's labels are set.
     pub bert_config: BertConfig,
+    /// The checkpoint `--resume` continues from.
+    pub resume_from: Option<PathBuf>,
 }
 
 impl Setup {
-    /// Tokenizer truncating to `task.max_length` (longest first).
-    pub fn truncating(&self) -> Result<BertTokenizer> {
-        Ok(self
-            .tokenizer
-            .clone()
-            .with_truncation(self.config.task.max_length(), Truncation::LongestFirst)?)
-    }
-
     /// Pad id.
     pub fn pad(&self) -> u32 {
         self.tokenizer.special_tokens().pad
@@ -357,7 +352,6 @@ pub(crate) fn fit<B, M>(
     setup: &Setup,
     model: M,
     head_config: &BertConfig,
-    resume: bool,
     n_train: usize,
     main_metric: &str,
     loss: impl Fn(&M, &[usize]) -> Result<BatchLoss<B>>,
@@ -372,7 +366,6 @@ where
     let config = &setup.config;
     let training = &config.training;
     let out = &config.output.dir;
-    let resume_from = rundir::check_resume(out, resume)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomically(
         &out.join("config.toml"),
@@ -397,9 +390,9 @@ where
     let mut model = model;
     let mut opt = AdamW::<B>::new(config.optimizer.clone());
     let mut state = FinetuneState::default();
-    if let Some(dir) = resume_from {
+    if let Some(dir) = &setup.resume_from {
         let (m, s) =
-            rundir::load_checkpoint(&dir, model, &mut opt, |s: &FinetuneState| s.step, device)?;
+            rundir::load_checkpoint(dir, model, &mut opt, |s: &FinetuneState| s.step, device)?;
         model = m;
         state = s;
         eprintln!("resumed from {} at step {}", dir.display(), state.step);
@@ -452,11 +445,7 @@ where
             let l = loss(&model, rows)?;
             let value = f64::from(l.loss.clone().into_scalar().elem::<f32>());
             if !value.is_finite() {
-                bail!(
-                    "loss is {value} at step {}: stopping; the last good checkpoint is kept in {}",
-                    step + 1,
-                    out.join("checkpoints").display()
-                );
+                return Err(rundir::diverged(value, step + 1, out));
             }
             step_loss += value;
             window.0 += l.tokens;
@@ -494,8 +483,7 @@ where
             }
             window = (0, Instant::now());
         }
-        let eval_now =
-            training.eval_every_steps > 0 && state.step.is_multiple_of(training.eval_every_steps);
+        let eval_now = rundir::due(training.eval_every_steps, state.step);
         if eval_now || state.step == total {
             let eval_start = Instant::now();
             let inner = model.valid();
@@ -545,12 +533,8 @@ where
                 early_stop = true;
             }
         }
-        let save_now =
-            training.save_every_steps > 0 && state.step.is_multiple_of(training.save_every_steps);
-        let stop = interrupted.load(Ordering::SeqCst)
-            || training
-                .stop_after_steps
-                .is_some_and(|s| state.step >= s && state.step < total);
+        let save_now = rundir::due(training.save_every_steps, state.step);
+        let stop = rundir::stop_requested(&interrupted, training, state.step, total);
         if save_now || stop || early_stop || state.step == total {
             rundir::save_checkpoint(
                 out,
@@ -595,7 +579,7 @@ where
     Ok(())
 }
 
-fn setup(config: FinetuneConfig) -> Result<Setup> {
+fn setup(config: FinetuneConfig, resume_from: Option<PathBuf>) -> Result<Setup> {
     let init = config
         .model
         .init_from
@@ -605,11 +589,15 @@ fn setup(config: FinetuneConfig) -> Result<Setup> {
     let tokenizer = BertTokenizer::from_dir(&init_dir)
         .with_context(|| format!("cannot load the tokenizer of {}", init_dir.display()))?;
     let bert_config = config.model.bert_config(Some(&init_dir))?;
+    let truncating =
+        tokenizer.with_truncation(config.task.max_length(), Truncation::LongestFirst)?;
     Ok(Setup {
         config,
         init_dir,
         tokenizer,
+        truncating,
         bert_config,
+        resume_from,
     })
 }
 
@@ -643,16 +631,16 @@ pub(crate) fn init_model<B: Backend, M: PretrainedBert<B>>(
 pub fn run(args: &FinetuneArgs) -> Result<()> {
     let (config, _) = config::load::<FinetuneConfig>(&args.config, &args.set)?;
     let kind = BackendKind::resolve(config.training.backend.as_deref())?;
-    rundir::check_resume(&config.output.dir, args.resume)?;
-    let setup = setup(config)?;
-    let resume = args.resume;
+    // Before anything is loaded: an existing run is never overwritten without --resume.
+    let resume_from = rundir::check_resume(&config.output.dir, args.resume)?;
+    let setup = setup(config, resume_from)?;
     crate::with_backend!(kind, |B, device| {
         type A = burn::backend::Autodiff<B>;
         match setup.config.task.kind {
-            TaskKind::SequenceClassification => sequence::train::<A>(&setup, resume, &device)?,
-            TaskKind::TokenClassification => token::train::<A>(&setup, resume, &device)?,
-            TaskKind::QuestionAnswering => qa::train::<A>(&setup, resume, &device)?,
-            TaskKind::MultipleChoice => choice::train::<A>(&setup, resume, &device)?,
+            TaskKind::SequenceClassification => sequence::train::<A>(&setup, &device)?,
+            TaskKind::TokenClassification => token::train::<A>(&setup, &device)?,
+            TaskKind::QuestionAnswering => qa::train::<A>(&setup, &device)?,
+            TaskKind::MultipleChoice => choice::train::<A>(&setup, &device)?,
         }
     });
     Ok(())
@@ -679,7 +667,7 @@ pub fn evaluate(args: &EvaluateArgs) -> Result<()> {
         );
     }
     config.model.init_from = Some(dir.to_string_lossy().to_string());
-    let setup = setup(config)?;
+    let setup = setup(config, None)?;
     let metrics = crate::with_backend!(kind, |B, device| match task {
         TaskKind::SequenceClassification => sequence::evaluate_dir::<B>(&setup, &dir, &device)?,
         TaskKind::TokenClassification => token::evaluate_dir::<B>(&setup, &dir, &device)?,
@@ -762,19 +750,23 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         _ => 512,
     });
     let max_length = max_length.min(config.max_position_embeddings);
+    // QA cuts long contexts into windows; every other task truncates longest first.
+    let tokenizer = match task {
+        TaskKind::QuestionAnswering => tokenizer.with_windows(
+            max_length,
+            args.doc_stride.unwrap_or(128.min(max_length / 3)),
+        )?,
+        _ => tokenizer.with_truncation(max_length, Truncation::LongestFirst)?,
+    };
     let results: Vec<serde_json::Value> = crate::with_backend!(kind, |B, device| match task {
         TaskKind::SequenceClassification => {
-            sequence::predict::<B>(&dir, &tokenizer, &lines, args, max_length, &device)?
+            sequence::predict::<B>(&dir, &tokenizer, &lines, args, &device)?
         }
         TaskKind::TokenClassification => {
-            token::predict::<B>(&dir, &tokenizer, &lines, args, max_length, &device)?
+            token::predict::<B>(&dir, &tokenizer, &lines, args, &device)?
         }
-        TaskKind::QuestionAnswering => {
-            qa::predict::<B>(&dir, &tokenizer, &lines, args, max_length, &device)?
-        }
-        TaskKind::MultipleChoice => {
-            choice::predict::<B>(&dir, &tokenizer, &lines, args, max_length, &device)?
-        }
+        TaskKind::QuestionAnswering => qa::predict::<B>(&dir, &tokenizer, &lines, args, &device)?,
+        TaskKind::MultipleChoice => choice::predict::<B>(&dir, &tokenizer, &lines, args, &device)?,
     });
     let mut out = String::new();
     for r in &results {

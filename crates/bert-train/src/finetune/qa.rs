@@ -187,11 +187,7 @@ fn read(
 }
 
 /// Fine-tunes.
-pub(crate) fn train<B: AutodiffBackend>(
-    setup: &Setup,
-    resume: bool,
-    device: &Device<B>,
-) -> Result<()> {
+pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Result<()> {
     let task = &setup.config.task;
     let (_, train_features) = read(setup, &task.train_file, task.max_train_examples)?;
     let (valid_examples, valid_features) = read(setup, &task.valid_file, task.max_valid_examples)?;
@@ -208,7 +204,6 @@ pub(crate) fn train<B: AutodiffBackend>(
         setup,
         model,
         &config,
-        resume,
         train_features.len(),
         "f1",
         |model, idx| {
@@ -253,12 +248,9 @@ pub(crate) fn predict<B: Backend>(
     tokenizer: &BertTokenizer,
     lines: &[InputLine],
     args: &PredictArgs,
-    max_length: usize,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, _) = super::load_head::<B, BertForQuestionAnswering<B>>(dir, device)?;
-    let stride = args.doc_stride.unwrap_or(128.min(max_length / 3));
-    let windows = tokenizer.with_windows(max_length, stride)?;
     let pad = tokenizer.special_tokens().pad;
     let mut examples = Vec::new();
     for l in lines {
@@ -271,7 +263,7 @@ pub(crate) fn predict<B: Backend>(
             is_impossible: true,
         });
     }
-    let feats = features(&args.input, &examples, &windows)?;
+    let feats = features(&args.input, &examples, tokenizer)?;
     let found = answers(
         &model,
         &examples,

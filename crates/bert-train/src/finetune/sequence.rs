@@ -55,7 +55,7 @@ fn encode(
 
 fn read(setup: &Setup, path: &Path, labels: &LabelSet, limit: Option<usize>) -> Result<Vec<Row>> {
     let examples = first(read_classification(path, &columns(setup), true)?, limit);
-    encode(path, &examples, labels, &setup.truncating()?)
+    encode(path, &examples, labels, &setup.truncating)
 }
 
 fn forward<B: Backend>(
@@ -176,11 +176,7 @@ fn label_set(config: &BertConfig) -> LabelSet {
 }
 
 /// Fine-tunes.
-pub(crate) fn train<B: AutodiffBackend>(
-    setup: &Setup,
-    resume: bool,
-    device: &Device<B>,
-) -> Result<()> {
+pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Result<()> {
     let task = &setup.config.task;
     let train_examples = first(
         read_classification(&task.train_file, &columns(setup), true)?,
@@ -193,8 +189,8 @@ pub(crate) fn train<B: AutodiffBackend>(
     } else {
         LabelSet::from_examples(&train_examples)
     };
-    let tokenizer = setup.truncating()?;
-    let train_rows = encode(&task.train_file, &train_examples, &labels, &tokenizer)?;
+    let tokenizer = &setup.truncating;
+    let train_rows = encode(&task.train_file, &train_examples, &labels, tokenizer)?;
     let valid_rows = read(setup, &task.valid_file, &labels, task.max_valid_examples)?;
     let config = head_config(&setup.bert_config, &labels);
     let model: BertForSequenceClassification<B> = super::init_model(setup, &config, device)?;
@@ -209,7 +205,6 @@ pub(crate) fn train<B: AutodiffBackend>(
         setup,
         model,
         &config,
-        resume,
         train_rows.len(),
         main,
         |model, idx| {
@@ -251,14 +246,10 @@ pub(crate) fn predict<B: Backend>(
     tokenizer: &BertTokenizer,
     lines: &[super::InputLine],
     args: &PredictArgs,
-    max_length: usize,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, config) = super::load_head::<B, BertForSequenceClassification<B>>(dir, device)?;
     let labels = label_set(&config);
-    let tokenizer = tokenizer
-        .clone()
-        .with_truncation(max_length, bert_data::Truncation::LongestFirst)?;
     let pad = tokenizer.special_tokens().pad;
     let mut out = Vec::new();
     for chunk in lines.chunks(args.batch_size.max(1)) {

@@ -177,11 +177,7 @@ fn head_config(base: &BertConfig, tags: &[String]) -> BertConfig {
 }
 
 /// Fine-tunes.
-pub(crate) fn train<B: AutodiffBackend>(
-    setup: &Setup,
-    resume: bool,
-    device: &Device<B>,
-) -> Result<()> {
+pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Result<()> {
     let task = &setup.config.task;
     let train_sentences = first(
         read_token_classification(&task.train_file)?,
@@ -191,10 +187,10 @@ pub(crate) fn train<B: AutodiffBackend>(
         .labels
         .clone()
         .unwrap_or_else(|| tag_set(&train_sentences));
-    let tokenizer = setup.truncating()?;
-    let train_features = encode_all(&task.train_file, &train_sentences, &tags, &tokenizer)?;
+    let tokenizer = &setup.truncating;
+    let train_features = encode_all(&task.train_file, &train_sentences, &tags, tokenizer)?;
     let (valid_sentences, valid_features) =
-        read(&task.valid_file, &tags, &tokenizer, task.max_valid_examples)?;
+        read(&task.valid_file, &tags, tokenizer, task.max_valid_examples)?;
     let config = head_config(&setup.bert_config, &tags);
     let model: BertForTokenClassification<B> = super::init_model(setup, &config, device)?;
     let pad = setup.pad();
@@ -203,7 +199,6 @@ pub(crate) fn train<B: AutodiffBackend>(
         setup,
         model,
         &config,
-        resume,
         train_features.len(),
         "f1",
         |model, idx| {
@@ -241,7 +236,7 @@ pub(crate) fn evaluate_dir<B: Backend>(
     let (sentences, features) = read(
         &task.valid_file,
         &tags,
-        &setup.truncating()?,
+        &setup.truncating,
         task.max_valid_examples,
     )?;
     evaluate(
@@ -263,14 +258,10 @@ pub(crate) fn predict<B: Backend>(
     tokenizer: &BertTokenizer,
     lines: &[InputLine],
     args: &PredictArgs,
-    max_length: usize,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, config) = super::load_head::<B, BertForTokenClassification<B>>(dir, device)?;
     let tags = config.labels();
-    let tokenizer = tokenizer
-        .clone()
-        .with_truncation(max_length, bert_data::Truncation::LongestFirst)?;
     let pad = tokenizer.special_tokens().pad;
     let mut out = Vec::new();
     for chunk in lines.chunks(args.batch_size.max(1)) {
