@@ -62,7 +62,7 @@ impl PretrainingBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use burn::backend::Flex;
 
     #[test]
     fn batches_become_tensors_of_the_same_values() {
@@ -75,7 +75,7 @@ mod tests {
             next_sentence_labels: vec![0, 1],
             seq_len: 4,
         };
-        let t = batch.to_tensors::<NdArray<f32>>(&device);
+        let t = batch.to_tensors::<Flex>(&device);
         assert_eq!(t.input.input_ids.dims(), [2, 4]);
         let labels: Vec<i64> = t
             .mlm_labels

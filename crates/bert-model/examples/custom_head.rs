@@ -10,7 +10,7 @@
 //! `bert-data`'s `BertTokenizer` (or any tokenizer producing BERT ids).
 
 use bert_model::{BertInput, BertModel, LoadOptions, load_pretrained, masked_mean};
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Linear, LinearConfig};
@@ -66,7 +66,7 @@ fn main() {
     let dir = std::env::args()
         .nth(1)
         .unwrap_or_else(|| ".cache/models/all-MiniLM-L6-v2".to_string());
-    if let Err(e) = train::<Autodiff<NdArray<f32>>>(&dir, &Default::default()) {
+    if let Err(e) = train::<Autodiff<Flex>>(&dir, &Default::default()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

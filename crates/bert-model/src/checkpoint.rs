@@ -585,7 +585,7 @@ mod tests {
 
     #[test]
     fn keys_follow_the_target_prefix() {
-        type B = burn::backend::NdArray<f32>;
+        type B = burn::backend::Flex;
         assert_eq!(
             key_for::<B, BertModel<B>>("bert.encoder.layer.0.output.dense.weight", true).as_deref(),
             Some("encoder.layer.0.output.dense.weight")

@@ -368,10 +368,10 @@ impl<B: Backend> BertForMultipleChoice<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use burn::backend::Flex;
     use burn::tensor::Tolerance;
 
-    type B = NdArray<f32>;
+    type B = Flex;
 
     fn small() -> BertConfig {
         let mut c = BertConfig::tiny().with_labels(&["a", "b", "c"]);

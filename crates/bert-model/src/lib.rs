@@ -10,10 +10,10 @@
 //!
 //! ```no_run
 //! use bert_model::{BertInput, BertModel, LoadOptions, load_pretrained};
-//! use burn::backend::NdArray;
+//! use burn::backend::Flex;
 //! use burn::tensor::{Int, Tensor};
 //!
-//! type B = NdArray<f32>;
+//! type B = Flex;
 //! let device = Default::default();
 //! // A Hugging Face model directory: config.json + model.safetensors (or pytorch_model.bin).
 //! let (model, config, _report) =

@@ -540,10 +540,10 @@ pub fn masked_mean<B: Backend>(hidden: Tensor<B, 3>, mask: Tensor<B, 2, Int>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use burn::backend::Flex;
     use burn::tensor::TensorData;
 
-    type B = NdArray<f32>;
+    type B = Flex;
 
     fn small() -> BertConfig {
         let mut c = BertConfig::tiny();

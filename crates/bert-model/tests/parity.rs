@@ -10,10 +10,10 @@ use bert_model::{
     BertForSequenceClassification, BertForTokenClassification, BertInput, BertModel, LoadOptions,
     PretrainedBert, load_pretrained, save_pretrained,
 };
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 
-type B = NdArray<f32>;
+type B = Flex;
 
 const TOL: f32 = 1e-4;
 

@@ -1,8 +1,10 @@
 //! Run-time backend selection among the backends compiled in.
 //!
 //! This is the one module that names concrete Burn backends; everything else is generic over
-//! `B: Backend`. Each backend is a cargo feature of this crate (`ndarray` on by default, `flex`,
-//! `wgpu` and `cuda` opt-in).
+//! `B: Backend`. Each backend is a cargo feature of this crate: `flex` (the CPU backend, on by
+//! default), `ndarray` (the other CPU backend, opt-in, kept for comparison), `wgpu` and `cuda`.
+//! `flex` is the default because it measured fastest on CPU (BENCHMARKS.md: bert-mini training
+//! step ×1.6, MiniLM encode ×1.5 over ndarray, both with their thread pools on).
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,10 +14,11 @@ use anyhow::{Result, bail};
 /// A backend the user can ask for with `--backend`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// CPU (Burn's ndarray backend, with SIMD and rayon).
+    /// CPU: Burn's flex backend (gemm matmul, strided views, SIMD, rayon). `--backend cpu` or
+    /// `--backend flex`.
     Cpu,
-    /// CPU (Burn's flex backend: gemm matmul, strided views, SIMD, rayon).
-    Flex,
+    /// CPU: Burn's ndarray backend (matrixmultiply, SIMD, rayon); opt-in feature `ndarray`.
+    NdArray,
     /// wgpu: Vulkan, Metal or DX12 GPUs.
     Wgpu,
     /// NVIDIA CUDA.
@@ -26,7 +29,7 @@ impl fmt::Display for BackendKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Cpu => "cpu",
-            Self::Flex => "flex",
+            Self::NdArray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         })
@@ -37,11 +40,11 @@ impl FromStr for BackendKind {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s.to_ascii_lowercase().as_str() {
-            "cpu" | "ndarray" => Ok(Self::Cpu),
-            "flex" => Ok(Self::Flex),
+            "cpu" | "flex" => Ok(Self::Cpu),
+            "ndarray" => Ok(Self::NdArray),
             "wgpu" | "vulkan" | "metal" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => bail!("unknown backend '{other}' (cpu, flex, wgpu, cuda)"),
+            other => bail!("unknown backend '{other}' (cpu, ndarray, wgpu, cuda)"),
         }
     }
 }
@@ -50,8 +53,8 @@ impl BackendKind {
     /// Whether this binary was built with the backend.
     pub fn compiled(self) -> bool {
         match self {
-            Self::Cpu => cfg!(feature = "ndarray"),
-            Self::Flex => cfg!(feature = "flex"),
+            Self::Cpu => cfg!(feature = "flex"),
+            Self::NdArray => cfg!(feature = "ndarray"),
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Cuda => cfg!(feature = "cuda"),
         }
@@ -59,7 +62,7 @@ impl BackendKind {
 
     /// The backends compiled into this binary.
     pub fn all_compiled() -> Vec<Self> {
-        [Self::Cpu, Self::Flex, Self::Wgpu, Self::Cuda]
+        [Self::Cpu, Self::NdArray, Self::Wgpu, Self::Cuda]
             .into_iter()
             .filter(|b| b.compiled())
             .collect()
@@ -74,7 +77,7 @@ impl BackendKind {
             if Self::Cuda.compiled() && cuda_driver_present() {
                 return Ok(Self::Cuda);
             }
-            return [Self::Cpu, Self::Flex, Self::Wgpu]
+            return [Self::Cpu, Self::NdArray, Self::Wgpu]
                 .into_iter()
                 .find(|b| b.compiled())
                 .ok_or_else(|| anyhow::anyhow!("no backend compiled in"));
@@ -100,6 +103,14 @@ impl BackendKind {
         Ok(kind)
     }
 }
+
+/// The CPU backend compiled in, for work that must give the same numbers whatever `--backend`
+/// says (the initial weights of `bench train --fixed-batch`).
+#[cfg(feature = "flex")]
+pub type HostBackend = burn::backend::Flex;
+/// The CPU backend compiled in (see above).
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub type HostBackend = burn::backend::NdArray<f32>;
 
 /// Whether wgpu finds an adapter: one tiny tensor round trip. CubeCL panics in its device
 /// thread when there is none; the panic is caught and kept off the terminal.
@@ -167,16 +178,16 @@ fn libcuda_findable() -> bool {
 macro_rules! with_backend {
     ($kind:expr, |$B:ident, $device:ident| $body:expr) => {{
         match $kind {
-            #[cfg(feature = "ndarray")]
-            $crate::backend::BackendKind::Cpu => {
-                type $B = burn::backend::NdArray<f32>;
-                let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
-                $body
-            }
             #[cfg(feature = "flex")]
-            $crate::backend::BackendKind::Flex => {
+            $crate::backend::BackendKind::Cpu => {
                 type $B = burn::backend::Flex;
                 let $device = burn::backend::flex::FlexDevice;
+                $body
+            }
+            #[cfg(feature = "ndarray")]
+            $crate::backend::BackendKind::NdArray => {
+                type $B = burn::backend::NdArray<f32>;
+                let $device = burn::backend::ndarray::NdArrayDevice::Cpu;
                 $body
             }
             #[cfg(feature = "wgpu")]

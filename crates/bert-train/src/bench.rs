@@ -202,11 +202,17 @@ fn bench_train<B: AutodiffBackend>(
     let seed = config.training.seed;
     let model: BertForPreTraining<B> = if args.fixed_batch {
         // The same initial weights on every backend: drawn on the CPU, moved over.
-        let cpu = Default::default();
-        <burn::backend::NdArray<f32> as Backend>::seed(&cpu, seed);
-        let host = BertForPreTraining::<burn::backend::NdArray<f32>>::new(&bert_config, &cpu);
         let scratch = tempfile::tempdir()?;
-        bert_model::save_pretrained(&host, &bert_config, scratch.path())?;
+        #[cfg(any(feature = "flex", feature = "ndarray"))]
+        {
+            use crate::backend::HostBackend;
+            let cpu = Default::default();
+            <HostBackend as Backend>::seed(&cpu, seed);
+            let host = BertForPreTraining::<HostBackend>::new(&bert_config, &cpu);
+            bert_model::save_pretrained(&host, &bert_config, scratch.path())?;
+        }
+        #[cfg(not(any(feature = "flex", feature = "ndarray")))]
+        bail!("--fixed-batch draws the initial weights on the CPU: build with the `flex` feature");
         let (m, _, _) = bert_model::load_pretrained::<B, BertForPreTraining<B>>(
             scratch.path(),
             LoadOptions::strict(),
@@ -252,7 +258,7 @@ fn bench_train<B: AutodiffBackend>(
         "workload": "train",
         "framework": "burn",
         "backend": kind.to_string(),
-        "device": if matches!(kind, BackendKind::Cpu | BackendKind::Flex) { cpu_name() } else { format!("{device:?}") },
+        "device": if matches!(kind, BackendKind::Cpu | BackendKind::NdArray) { cpu_name() } else { format!("{device:?}") },
         "model": config.model.fields.get("preset").and_then(|v| v.as_str()).unwrap_or("custom"),
         "layers": bert_config.num_hidden_layers,
         "hidden": bert_config.hidden_size,
@@ -400,7 +406,7 @@ fn bench_encode<B: Backend>(
         "workload": "encode",
         "framework": "burn",
         "backend": kind.to_string(),
-        "device": if matches!(kind, BackendKind::Cpu | BackendKind::Flex) { cpu_name() } else { format!("{device:?}") },
+        "device": if matches!(kind, BackendKind::Cpu | BackendKind::NdArray) { cpu_name() } else { format!("{device:?}") },
         "model": dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,

@@ -363,11 +363,11 @@ impl<M> Accumulation<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::{Autodiff, Flex};
     use burn::module::Module;
     use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 
-    type AB = Autodiff<NdArray<f32>>;
+    type AB = Autodiff<Flex>;
 
     #[derive(Module, Debug)]
     struct Tiny<B: Backend> {

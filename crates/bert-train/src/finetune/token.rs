@@ -355,9 +355,9 @@ pub(crate) fn predict<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use burn::backend::Flex;
 
-    type B = NdArray<f32>;
+    type B = Flex;
 
     /// The loss equals cross-entropy computed on the host from the full logits at the
     /// labelled (first-piece) positions of each row.
