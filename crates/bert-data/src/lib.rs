@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod prefetch;
 pub mod pretraining;
 pub mod tasks;
 pub mod tensors;

@@ -64,6 +64,11 @@ pub struct TrainingSection {
     /// cpu, wgpu or cuda (default: the best compiled in).
     #[serde(default)]
     pub backend: Option<String>,
+    /// Pretraining batches prepared ahead on a worker thread (cutting, masking, padding), so
+    /// the step does not wait for them; 0 prepares each batch on the training thread.
+    /// `data_wait_fraction` in metrics.jsonl shows how much of the time the step waited.
+    #[serde(default = "d::prefetch")]
+    pub prefetch_batches: usize,
     /// Dev metric that picks `best/` (default: the task's main one, e.g. accuracy, f1,
     /// pearson; loss-like names count lower as better).
     #[serde(default)]
@@ -94,6 +99,9 @@ mod d {
     }
     pub fn log_every() -> u64 {
         10
+    }
+    pub fn prefetch() -> usize {
+        2
     }
 }
 

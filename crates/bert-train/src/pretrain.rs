@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use bert_data::BertTokenizer;
+use bert_data::prefetch::Prefetcher;
 use bert_data::pretraining::stream::derive_seed;
 use bert_data::pretraining::{
     Documents, MaskVocab, PrepareOptions, PreparedCorpus, PretrainingBatch, PretrainingStream,
@@ -405,155 +406,170 @@ fn train<B: AutodiffBackend>(
         config.data.stream_config(seed),
         state.stream,
     );
-    let mut metrics = rundir::Metrics::open(out)?;
-    let interrupted = rundir::interrupt_flag();
-    let total = config.training.max_steps;
-    let progress = crate::progress::bar(total, "pretraining");
-    progress.set_position(state.step);
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let started = Instant::now();
-    let mut window_tokens = 0usize;
-    let mut window_start = Instant::now();
-    eprintln!(
-        "pretraining {} layers × {} hidden ({:.1}M parameters) on {} documents, steps {}..{total}",
-        bert_config.num_hidden_layers,
-        bert_config.hidden_size,
-        burn::module::Module::num_params(&model) as f64 / 1e6,
-        train_corpus.num_documents(),
-        state.step
-    );
-    while state.step < total {
-        let step = state.step;
-        B::seed(device, derive_seed(&[seed, step, 5]));
-        let micro_batches = config.training.gradient_accumulation_steps.max(1);
-        let mut stats = BatchStats::default();
-        let mut batch_tokens = 0usize;
-        let mut batch_rows = 0usize;
-        let mut accumulation = Accumulation::default();
-        for _ in 0..micro_batches {
-            let batch = stream
-                .next_batch(config.training.batch_size)
-                .context("the corpus yields no sequence")?;
-            let (loss, s) = forward(&model, &batch, device);
-            if !s.loss.is_finite() {
-                return Err(rundir::diverged(s.loss, step + 1, out));
-            }
-            stats.add(&s, micro_batches);
-            batch_tokens += batch.num_tokens();
-            batch_rows += batch.input_ids.len();
-            accumulation.add(&model, loss.backward());
-        }
-        let lr = lr_at(
-            step,
-            total,
-            config.optimizer.learning_rate,
-            &config.schedule,
+    let batch_size = config.training.batch_size;
+    std::thread::scope(|scope| {
+        // Batches are cut, masked and padded on a worker thread; each comes with the stream
+        // position after it, which is what a checkpoint records.
+        let mut batches = Prefetcher::new(scope, config.training.prefetch_batches, move || {
+            let batch = stream.next_batch(batch_size)?;
+            Some((batch, stream.position()))
+        });
+        let mut metrics = rundir::Metrics::open(out)?;
+        let interrupted = rundir::interrupt_flag();
+        let total = config.training.max_steps;
+        let progress = crate::progress::bar(total, "pretraining");
+        progress.set_position(state.step);
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let started = Instant::now();
+        let mut window_tokens = 0usize;
+        let mut window_start = Instant::now();
+        eprintln!(
+            "pretraining {} layers × {} hidden ({:.1}M parameters) on {} documents, steps {}..{total}",
+            bert_config.num_hidden_layers,
+            bert_config.hidden_size,
+            burn::module::Module::num_params(&model) as f64 / 1e6,
+            train_corpus.num_documents(),
+            state.step
         );
-        let (grads, scale) = accumulation.take();
-        let (next, step_stats) = opt.step_params(model, &grads, scale, lr);
-        model = next;
-        state.step += 1;
-        state.examples += batch_rows as u64;
-        state.stream = stream.position();
-        window_tokens += batch_tokens;
-        progress.inc(1);
-        if tty {
-            progress.set_message(format!("pretraining loss {:.3}", stats.loss));
-        }
-        let epoch = state.stream.epoch;
-        if state
-            .step
-            .is_multiple_of(config.training.log_every_steps.max(1))
-            || state.step == total
-        {
-            let secs = window_start.elapsed().as_secs_f64();
-            let mut line = stats_json("train", state.step, epoch, &stats);
-            line["lr"] = serde_json::json!(step_stats.lr);
-            line["grad_norm"] = serde_json::json!(step_stats.grad_norm);
-            line["tokens_per_second"] = serde_json::json!(window_tokens as f64 / secs.max(1e-9));
-            if !tty {
-                eprintln!(
-                    "step {}/{total} loss {:.4} mlm_acc {:.3} lr {:.2e} {:.0} tok/s",
-                    state.step,
-                    stats.loss,
-                    line["mlm_accuracy"].as_f64().unwrap_or(0.0),
-                    lr,
-                    line["tokens_per_second"].as_f64().unwrap_or(0.0)
-                );
+        while state.step < total {
+            let step = state.step;
+            B::seed(device, derive_seed(&[seed, step, 5]));
+            let micro_batches = config.training.gradient_accumulation_steps.max(1);
+            let mut stats = BatchStats::default();
+            let mut batch_tokens = 0usize;
+            let mut batch_rows = 0usize;
+            let mut accumulation = Accumulation::default();
+            let mut position = state.stream;
+            for _ in 0..micro_batches {
+                let (batch, after) = batches.next().context("the corpus yields no sequence")?;
+                position = after;
+                let (loss, s) = forward(&model, &batch, device);
+                if !s.loss.is_finite() {
+                    return Err(rundir::diverged(s.loss, step + 1, out));
+                }
+                stats.add(&s, micro_batches);
+                batch_tokens += batch.num_tokens();
+                batch_rows += batch.input_ids.len();
+                accumulation.add(&model, loss.backward());
             }
-            metrics.write(&line)?;
-            window_tokens = 0;
-            window_start = Instant::now();
-        }
-        let eval_now = rundir::due(config.training.eval_every_steps, state.step);
-        if let Some(valid) = &valid_corpus
-            && (eval_now || state.step == total)
-        {
-            let eval_start = Instant::now();
-            let inner = model.valid();
-            let s = evaluate(&inner, valid, &vocab, &special, config, device);
-            // tokens_per_second counts training time only.
-            window_start += eval_start.elapsed();
-            let eval = stats_json("eval", state.step, epoch, &s);
-            if state.best_eval_loss.is_none_or(|b| s.loss < b) {
-                state.best_eval_loss = Some(s.loss);
-                rundir::save_model_dir(
-                    &inner,
+            let lr = lr_at(
+                step,
+                total,
+                config.optimizer.learning_rate,
+                &config.schedule,
+            );
+            let (grads, scale) = accumulation.take();
+            let (next, step_stats) = opt.step_params(model, &grads, scale, lr);
+            model = next;
+            state.step += 1;
+            state.examples += batch_rows as u64;
+            state.stream = position;
+            window_tokens += batch_tokens;
+            progress.inc(1);
+            if tty {
+                progress.set_message(format!("pretraining loss {:.3}", stats.loss));
+            }
+            let epoch = state.stream.epoch;
+            if state
+                .step
+                .is_multiple_of(config.training.log_every_steps.max(1))
+                || state.step == total
+            {
+                let secs = window_start.elapsed().as_secs_f64();
+                let mut line = stats_json("train", state.step, epoch, &stats);
+                line["lr"] = serde_json::json!(step_stats.lr);
+                line["grad_norm"] = serde_json::json!(step_stats.grad_norm);
+                line["tokens_per_second"] =
+                    serde_json::json!(window_tokens as f64 / secs.max(1e-9));
+                // Share of the window the step spent waiting for its batches (0 when the
+                // prefetch worker keeps up).
+                line["data_wait_fraction"] =
+                    serde_json::json!(batches.take_waited().as_secs_f64() / secs.max(1e-9));
+                if !tty {
+                    eprintln!(
+                        "step {}/{total} loss {:.4} mlm_acc {:.3} lr {:.2e} {:.0} tok/s, data wait {:.1}%",
+                        state.step,
+                        stats.loss,
+                        line["mlm_accuracy"].as_f64().unwrap_or(0.0),
+                        lr,
+                        line["tokens_per_second"].as_f64().unwrap_or(0.0),
+                        100.0 * line["data_wait_fraction"].as_f64().unwrap_or(0.0)
+                    );
+                }
+                metrics.write(&line)?;
+                window_tokens = 0;
+                window_start = Instant::now();
+            }
+            let eval_now = rundir::due(config.training.eval_every_steps, state.step);
+            if let Some(valid) = &valid_corpus
+                && (eval_now || state.step == total)
+            {
+                let eval_start = Instant::now();
+                let inner = model.valid();
+                let s = evaluate(&inner, valid, &vocab, &special, config, device);
+                // tokens_per_second counts training time only.
+                window_start += eval_start.elapsed();
+                let eval = stats_json("eval", state.step, epoch, &s);
+                if state.best_eval_loss.is_none_or(|b| s.loss < b) {
+                    state.best_eval_loss = Some(s.loss);
+                    rundir::save_model_dir(
+                        &inner,
+                        &bert_config,
+                        &tokenizer,
+                        &out.join("best"),
+                        &[("eval.json", serde_json::to_string_pretty(&eval)?)],
+                    )?;
+                }
+                metrics.write(&eval)?;
+                let line = format!(
+                    "eval at step {}: mlm_loss {:.4}, mlm_accuracy {:.3}",
+                    state.step,
+                    s.mlm_loss,
+                    s.mlm_correct as f64 / s.mlm_count.max(1) as f64
+                );
+                if tty {
+                    progress.println(line);
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+            let save_now = rundir::due(config.training.save_every_steps, state.step);
+            let stop = rundir::stop_requested(&interrupted, &config.training, state.step, total);
+            if save_now || state.step == total || stop {
+                rundir::save_checkpoint(
+                    out,
+                    state.step,
+                    &model,
                     &bert_config,
-                    &tokenizer,
-                    &out.join("best"),
-                    &[("eval.json", serde_json::to_string_pretty(&eval)?)],
+                    &opt,
+                    &state,
+                    config.training.keep_checkpoints,
                 )?;
             }
-            metrics.write(&eval)?;
-            let line = format!(
-                "eval at step {}: mlm_loss {:.4}, mlm_accuracy {:.3}",
-                state.step,
-                s.mlm_loss,
-                s.mlm_correct as f64 / s.mlm_count.max(1) as f64
-            );
-            if tty {
-                progress.println(line);
-            } else {
-                eprintln!("{line}");
+            if stop {
+                progress.finish_and_clear();
+                eprintln!(
+                    "stopped: checkpoint saved at step {}; continue with --resume",
+                    state.step
+                );
+                return Ok(());
             }
         }
-        let save_now = rundir::due(config.training.save_every_steps, state.step);
-        let stop = rundir::stop_requested(&interrupted, &config.training, state.step, total);
-        if save_now || state.step == total || stop {
-            rundir::save_checkpoint(
-                out,
-                state.step,
-                &model,
-                &bert_config,
-                &opt,
-                &state,
-                config.training.keep_checkpoints,
-            )?;
+        progress.finish_and_clear();
+        let final_dir = out.join("final");
+        save_pretrained(&model.valid(), &bert_config, &final_dir)?;
+        tokenizer.save(&final_dir)?;
+        if let Err(e) = crate::plot::loss_plot(out) {
+            eprintln!("warning: no loss.png: {e:#}");
         }
-        if stop {
-            progress.finish_and_clear();
-            eprintln!(
-                "stopped: checkpoint saved at step {}; continue with --resume",
-                state.step
-            );
-            return Ok(());
-        }
-    }
-    progress.finish_and_clear();
-    let final_dir = out.join("final");
-    save_pretrained(&model.valid(), &bert_config, &final_dir)?;
-    tokenizer.save(&final_dir)?;
-    if let Err(e) = crate::plot::loss_plot(out) {
-        eprintln!("warning: no loss.png: {e:#}");
-    }
-    eprintln!(
-        "done: {} steps in {:.0}s; model in {}",
-        state.step,
-        started.elapsed().as_secs_f64(),
-        final_dir.display()
-    );
-    Ok(())
+        eprintln!(
+            "done: {} steps in {:.0}s; model in {}",
+            state.step,
+            started.elapsed().as_secs_f64(),
+            final_dir.display()
+        );
+        Ok(())
+    })
 }
 
 /// `bert pretrain`.
