@@ -335,6 +335,39 @@ fn question_answering_finds_the_span_across_windows() {
     );
     let p = answer["score"].as_f64().expect("score");
     assert!(p > 0.0 && p <= 1.0, "{answer}");
+    // --top-k 3: the best answer first, then distinct spans with falling scores.
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("top.jsonl"));
+    ok(&[
+        "predict",
+        "--model",
+        dir.path().join("qa/final").to_str().expect("utf8"),
+        "--input",
+        input.to_str().expect("utf8"),
+        "--output",
+        output.to_str().expect("utf8"),
+        "--top-k",
+        "3",
+    ]);
+    let top: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&output).expect("out").trim()).expect("json");
+    let list = top["top_k"].as_array().expect("top_k list");
+    assert_eq!(list.len(), 3, "{top}");
+    assert_eq!(list[0], answer, "{top}");
+    let spans: std::collections::BTreeSet<(u64, u64)> = list
+        .iter()
+        .map(|a| {
+            (
+                a["start"].as_u64().expect("s"),
+                a["end"].as_u64().expect("e"),
+            )
+        })
+        .collect();
+    assert_eq!(spans.len(), 3, "distinct spans: {top}");
+    let scores: Vec<f64> = list
+        .iter()
+        .map(|a| a["score"].as_f64().expect("p"))
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{top}");
 }
 
 #[test]

@@ -201,26 +201,51 @@ pub fn best_span(
     n_best: usize,
     max_answer_length: usize,
 ) -> Option<(f32, usize, usize)> {
+    best_spans(
+        start_logits,
+        end_logits,
+        offsets,
+        n_best,
+        max_answer_length,
+        1,
+    )
+    .into_iter()
+    .next()
+}
+
+/// The `k` best valid spans of a window as `(score, start, end)`, best first, with the rules
+/// of [`best_span`] (the `n_best` best starts × the `n_best` best ends, inside the context, at
+/// most `max_answer_length` tokens).
+pub fn best_spans(
+    start_logits: &[f32],
+    end_logits: &[f32],
+    offsets: &[Option<(usize, usize)>],
+    n_best: usize,
+    max_answer_length: usize,
+    k: usize,
+) -> Vec<(f32, usize, usize)> {
     let top = |logits: &[f32]| {
         let mut idx: Vec<usize> = (0..logits.len()).collect();
         idx.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
         idx.truncate(n_best);
         idx
     };
-    let mut best: Option<(f32, usize, usize)> = None;
+    let mut spans = Vec::new();
     for &s in &top(start_logits) {
         for &e in &top(end_logits) {
             let valid = offsets.get(s).is_some_and(Option::is_some)
                 && offsets.get(e).is_some_and(Option::is_some)
                 && s <= e
                 && e - s < max_answer_length;
-            let score = start_logits[s] + end_logits[e];
-            if valid && best.is_none_or(|b| score > b.0) {
-                best = Some((score, s, e));
+            if valid {
+                spans.push((start_logits[s] + end_logits[e], s, e));
             }
         }
     }
-    best
+    // Stable: among equal scores the earlier start (then end) comes first.
+    spans.sort_by(|a, b| b.0.total_cmp(&a.0));
+    spans.truncate(k);
+    spans
 }
 
 #[cfg(test)]
@@ -318,6 +343,14 @@ mod tests {
         let end = [9.0, 0.0, 0.0, 1.0, 4.0, 0.0];
         assert_eq!(best_span(&start, &end, &offsets, 20, 30), Some((9.0, 3, 4)));
         assert_eq!(best_span(&start, &end, &offsets, 20, 1), Some((6.0, 3, 3)));
+        // Best first: (3,4) 9, (3,3) 6, (2,4) 5, (4,4) 4, (2,3) 2, (2,2) 1; none through [CLS].
+        let three: Vec<(usize, usize)> = best_spans(&start, &end, &offsets, 20, 30, 3)
+            .into_iter()
+            .map(|(_, s, e)| (s, e))
+            .collect();
+        assert_eq!(three, [(3, 4), (3, 3), (2, 4)]);
+        assert_eq!(best_spans(&start, &end, &offsets, 20, 30, 100).len(), 6);
+        assert!(best_spans(&start, &end, &offsets, 20, 30, 0).is_empty());
         assert_eq!(
             span_text("abc defg hij", &offsets, 3, 4).as_deref(),
             Some("defg hij")

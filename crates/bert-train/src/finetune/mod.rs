@@ -238,6 +238,12 @@ pub struct PredictArgs {
     /// Best labels (classification) or answers (QA) per line.
     #[arg(long, default_value_t = 1)]
     pub top_k: usize,
+    /// QA: start and end positions considered per window (as `task.n_best` when training).
+    #[arg(long, default_value_t = 20)]
+    pub n_best: usize,
+    /// QA: longest answer, in tokens (as `task.max_answer_length` when training).
+    #[arg(long, default_value_t = 30)]
+    pub max_answer_length: usize,
     /// cpu, wgpu or cuda (default: the best compiled in).
     #[arg(long)]
     pub backend: Option<String>,

@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use bert_data::BertTokenizer;
 use bert_data::tasks::qa::{
-    QaExample, QaFeature, best_span, encode_example, read_squad, span_text,
+    QaExample, QaFeature, best_spans, encode_example, read_squad, span_text,
 };
 use bert_model::{BertConfig, BertForQuestionAnswering};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -94,17 +94,19 @@ fn log_sum_exp(v: &[f32]) -> f32 {
     m + v.iter().map(|x| (x - m).exp()).sum::<f32>().ln()
 }
 
-/// Per-question best answer over its windows.
+/// Per-question best answers over its windows, best first: at most `k`, one per character
+/// span (a span seen in two overlapping windows counts once, with its better score).
 fn answers<B: Backend>(
     model: &BertForQuestionAnswering<B>,
     examples: &[QaExample],
     feats: &[QaFeature],
     setup_task: (usize, usize, usize),
+    k: usize,
     pad: u32,
     device: &Device<B>,
-) -> Result<Vec<Option<Answer>>> {
+) -> Result<Vec<Vec<Answer>>> {
     let (batch_size, n_best, max_answer_length) = setup_task;
-    let mut best: Vec<Option<Answer>> = vec![None; examples.len()];
+    let mut found: Vec<Vec<Answer>> = vec![Vec::new(); examples.len()];
     for chunk in feats.chunks(batch_size.max(1)) {
         let refs: Vec<&QaFeature> = chunk.iter().collect();
         let (s, e, t) = forward(model, &refs, pad, device);
@@ -112,25 +114,35 @@ fn answers<B: Backend>(
         for (r, f) in chunk.iter().enumerate() {
             let n = f.encoding.len();
             let (sl, el) = (&s[r * t..r * t + n], &e[r * t..r * t + n]);
-            if let Some((score, a, b)) =
-                best_span(sl, el, &f.context_offsets, n_best, max_answer_length)
+            let norm = log_sum_exp(sl) + log_sum_exp(el);
+            let context = &examples[f.example_index].context;
+            for (score, a, b) in
+                best_spans(sl, el, &f.context_offsets, n_best, max_answer_length, k)
             {
-                let context = &examples[f.example_index].context;
-                let text = span_text(context, &f.context_offsets, a, b).unwrap_or_default();
-                let slot = &mut best[f.example_index];
-                if slot.as_ref().is_none_or(|x| score > x.score) {
-                    *slot = Some(Answer {
-                        text,
-                        score,
-                        probability: (score - log_sum_exp(sl) - log_sum_exp(el)).exp(),
-                        start: f.context_offsets[a].map_or(0, |o| o.0),
-                        end: f.context_offsets[b].map_or(0, |o| o.1),
-                    });
+                let candidate = Answer {
+                    text: span_text(context, &f.context_offsets, a, b).unwrap_or_default(),
+                    score,
+                    probability: (score - norm).exp(),
+                    start: f.context_offsets[a].map_or(0, |o| o.0),
+                    end: f.context_offsets[b].map_or(0, |o| o.1),
+                };
+                let list = &mut found[f.example_index];
+                match list
+                    .iter_mut()
+                    .find(|x| (x.start, x.end) == (candidate.start, candidate.end))
+                {
+                    Some(same) if candidate.score > same.score => *same = candidate,
+                    Some(_) => {}
+                    None => list.push(candidate),
                 }
             }
         }
     }
-    Ok(best)
+    for list in &mut found {
+        list.sort_by(|a, b| b.score.total_cmp(&a.score));
+        list.truncate(k);
+    }
+    Ok(found)
 }
 
 fn evaluate<B: Backend>(
@@ -150,12 +162,13 @@ fn evaluate<B: Backend>(
             task.n_best,
             task.max_answer_length,
         ),
+        1,
         setup.pad(),
         device,
     )?;
     let predictions: Vec<String> = found
         .into_iter()
-        .map(|a| a.map(|x| x.text).unwrap_or_default())
+        .map(|a| a.into_iter().next().map(|x| x.text).unwrap_or_default())
         .collect();
     let golds: Vec<Vec<String>> = examples
         .iter()
@@ -268,17 +281,27 @@ pub(crate) fn predict<B: Backend>(
         &model,
         &examples,
         &feats,
-        (args.batch_size, 20, 30),
+        (
+            args.batch_size,
+            args.n_best.max(1),
+            args.max_answer_length.max(1),
+        ),
+        args.top_k.max(1),
         pad,
         device,
     )?;
+    let json = |a: &Answer| serde_json::json!({"answer": a.text, "start": a.start, "end": a.end, "score": a.probability});
     Ok(found
         .into_iter()
-        .map(|a| match a {
-            Some(a) => serde_json::json!({
-                "answer": a.text, "start": a.start, "end": a.end, "score": a.probability,
-            }),
-            None => serde_json::json!({"answer": "", "start": null, "end": null, "score": 0.0}),
+        .map(|list| {
+            let mut value = match list.first() {
+                Some(a) => json(a),
+                None => serde_json::json!({"answer": "", "start": null, "end": null, "score": 0.0}),
+            };
+            if args.top_k > 1 {
+                value["top_k"] = list.iter().map(json).collect();
+            }
+            value
         })
         .collect())
 }
