@@ -44,8 +44,10 @@ impl<B: Backend> BertPredictionHeadTransform<B> {
 
     /// `[..., H]` → `[..., H]`.
     pub fn forward<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        self.layer_norm
-            .forward(activation(self.act, self.dense.forward(hidden)))
+        crate::model::layer_norm(
+            &self.layer_norm,
+            activation(self.act, self.dense.forward(hidden)),
+        )
     }
 }
 

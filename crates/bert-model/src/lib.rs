@@ -32,6 +32,7 @@ pub mod config;
 pub mod error;
 pub mod heads;
 pub mod model;
+pub mod precision;
 
 pub use checkpoint::{
     LoadOptions, LoadReport, PretrainedBert, load_config, load_pretrained, load_weights,

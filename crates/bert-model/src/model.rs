@@ -12,7 +12,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Int, Tensor};
+use burn::tensor::{DType, Distribution, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
 
@@ -64,6 +64,21 @@ pub fn activation<B: Backend, const D: usize>(act: HiddenAct, x: Tensor<B, D>) -
         HiddenAct::GeluTanh => gelu_approximate(x),
         HiddenAct::Relu => burn::tensor::activation::relu(x),
         HiddenAct::Silu => x.clone() * sigmoid(x),
+    }
+}
+
+/// LayerNorm in the dtype of its own parameters: mixed-precision training keeps LayerNorm's
+/// weights (and so its statistics) in f32 while the rest computes in bf16/f16, as PyTorch's
+/// autocast does. With one dtype throughout this is plain `layer_norm.forward(x)`.
+pub fn layer_norm<B: Backend, const D: usize>(
+    layer_norm: &LayerNorm<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let (own, input) = (layer_norm.gamma.val().dtype(), x.dtype());
+    if own == input {
+        layer_norm.forward(x)
+    } else {
+        layer_norm.forward(x.cast(own)).cast(input)
     }
 }
 
@@ -133,7 +148,7 @@ impl<B: Backend> BertEmbeddings<B> {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
-        self.dropout.forward(self.layer_norm.forward(x))
+        self.dropout.forward(layer_norm(&self.layer_norm, x))
     }
 }
 
@@ -179,8 +194,15 @@ impl<B: Backend> BertSelfAttention<B> {
         let q = split(self.query.forward(hidden.clone()));
         let k = split(self.key.forward(hidden.clone()));
         let v = split(self.value.forward(hidden));
-        let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias;
-        let probs = self.dropout.forward(softmax(scores, 3));
+        let dtype = q.dtype();
+        let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
+        // Softmax in f32 under mixed precision (as autocast), then back to the compute dtype.
+        let probs = if dtype == DType::F32 {
+            softmax(scores, 3)
+        } else {
+            softmax(scores.cast(DType::F32), 3).cast(dtype)
+        };
+        let probs = self.dropout.forward(probs);
         probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width])
     }
 }
@@ -215,7 +237,7 @@ impl<B: Backend> BertSelfOutput<B> {
     /// `LayerNorm(dropout(dense(hidden)) + residual)`, all `[batch_size, seq_length, H]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.dropout.forward(self.dense.forward(hidden));
-        self.layer_norm.forward(x + residual)
+        layer_norm(&self.layer_norm, x + residual)
     }
 }
 
@@ -305,7 +327,7 @@ impl<B: Backend> BertOutput<B> {
     /// - returns `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = self.dropout.forward(self.dense.forward(hidden));
-        self.layer_norm.forward(x + residual)
+        layer_norm(&self.layer_norm, x + residual)
     }
 }
 

@@ -22,7 +22,7 @@ use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::backend::BackendKind;
-use crate::config::{self, PretrainConfig};
+use crate::config::{self, Precision, PretrainConfig};
 use crate::optim::AdamW;
 
 /// Options of `bert bench train`.
@@ -43,9 +43,9 @@ pub struct BenchTrainArgs {
     /// cpu, wgpu or cuda (default: training.backend, else the best compiled in).
     #[arg(long)]
     pub backend: Option<String>,
-    /// f32 (bf16: not yet; see README).
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
+    /// f32, or bf16/f16 mixed precision (as `training.precision`; default: the config's).
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Dropout off and the initial weights drawn on the CPU, so that backends can be compared
     /// by `final_loss`.
     #[arg(long)]
@@ -200,6 +200,8 @@ fn bench_train<B: AutodiffBackend>(
         );
     }
     let seed = config.training.seed;
+    let precision = args.precision.unwrap_or(config.training.precision);
+    precision.check::<B>(device)?;
     let model: BertForPreTraining<B> = if args.fixed_batch {
         // The same initial weights on every backend: drawn on the CPU, moved over.
         let scratch = tempfile::tempdir()?;
@@ -238,7 +240,8 @@ fn bench_train<B: AutodiffBackend>(
     let lr = config.optimizer.learning_rate;
     for i in 0..args.warmup + args.steps {
         let start = Instant::now();
-        let (loss, stats) = crate::pretrain::forward(&model, &batch, device);
+        let (loss, stats) =
+            crate::pretrain::forward(&precision.compute_copy(&model), &batch, device);
         let grads = loss.backward();
         let (next, _) = opt.step(model, grads, lr);
         model = next;
@@ -264,7 +267,7 @@ fn bench_train<B: AutodiffBackend>(
         "hidden": bert_config.hidden_size,
         "batch_size": batch_size,
         "seq_len": seq,
-        "precision": args.precision,
+        "precision": precision.to_string(),
         "attention": "burn",
         "threads": threads(),
         "steps": args.steps,
@@ -304,12 +307,6 @@ fn print_report(value: &serde_json::Value, json: bool) {
 
 /// `bert bench train`.
 pub fn train(args: &BenchTrainArgs) -> Result<()> {
-    if args.precision != "f32" {
-        bail!(
-            "--precision {}: only f32 is implemented so far (bf16 is planned; see README's backend table)",
-            args.precision
-        );
-    }
     let (config, _) = config::load::<PretrainConfig>(&args.config, &args.set)?;
     let kind = BackendKind::resolve(
         args.backend

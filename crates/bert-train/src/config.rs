@@ -64,6 +64,11 @@ pub struct TrainingSection {
     /// cpu, wgpu or cuda (default: the best compiled in).
     #[serde(default)]
     pub backend: Option<String>,
+    /// Compute precision: `f32`, or `bf16` / `f16` mixed precision (f32 master weights and
+    /// optimizer state, matrix products in the half type, LayerNorm, softmax and losses in f32)
+    /// where the backend supports the type.
+    #[serde(default)]
+    pub precision: Precision,
     /// Pretraining batches prepared ahead on a worker thread (cutting, masking, padding), so
     /// the step does not wait for them; 0 prepares each batch on the training thread.
     /// `data_wait_fraction` in metrics.jsonl shows how much of the time the step waited.
@@ -76,6 +81,62 @@ pub struct TrainingSection {
     /// Stop after this many evaluations without a better `metric_for_best` (off when unset).
     #[serde(default)]
     pub early_stopping_patience: Option<u64>,
+}
+
+/// `training.precision`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bfloat16 compute, f32 master weights.
+    Bf16,
+    /// float16 compute, f32 master weights (no loss scaling: prefer bf16 where it exists).
+    F16,
+}
+
+impl Precision {
+    /// The compute dtype.
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Self::F32 => burn::tensor::DType::F32,
+            Self::Bf16 => burn::tensor::DType::BF16,
+            Self::F16 => burn::tensor::DType::F16,
+        }
+    }
+
+    /// Fails in one line when the backend cannot compute in this precision.
+    pub fn check<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Result<()> {
+        if !B::supports_dtype(device, self.dtype()) {
+            bail!(
+                "training.precision = \"{self}\" is not supported on device {device:?} (use f32; bf16/f16 run on the default CPU backend, and on CUDA and wgpu where the GPU has them)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The module to run the forward pass with: `model` itself in f32, else its half copy
+    /// ([`bert_model::precision::compute_copy`]).
+    pub fn compute_copy<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+        self,
+        model: &M,
+    ) -> M {
+        match self {
+            Self::F32 => model.clone(),
+            _ => bert_model::precision::compute_copy(model, self.dtype()),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+            Self::F16 => "f16",
+        })
+    }
 }
 
 mod d {

@@ -91,7 +91,8 @@ pub(crate) fn cross_entropy<B: Backend>(
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
     let [n, _] = logits.dims();
-    log_softmax(logits, 1)
+    // Losses in f32 whatever the compute precision.
+    log_softmax(logits.cast(burn::tensor::DType::F32), 1)
         .gather(1, targets.reshape([n, 1]))
         .mean()
         .neg()
@@ -366,6 +367,8 @@ fn train<B: AutodiffBackend>(
     } = PretrainData::open(config)?;
 
     let seed = config.training.seed;
+    let precision = config.training.precision;
+    precision.check::<B>(device)?;
     B::seed(device, derive_seed(&[seed, 0]));
     let mut model = match &init_dir {
         Some(dir) => {
@@ -443,7 +446,7 @@ fn train<B: AutodiffBackend>(
             for _ in 0..micro_batches {
                 let (batch, after) = batches.next().context("the corpus yields no sequence")?;
                 position = after;
-                let (loss, s) = forward(&model, &batch, device);
+                let (loss, s) = forward(&precision.compute_copy(&model), &batch, device);
                 if !s.loss.is_finite() {
                     return Err(rundir::diverged(s.loss, step + 1, out));
                 }

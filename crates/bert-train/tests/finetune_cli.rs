@@ -564,3 +564,53 @@ fn predict_and_evaluate_errors_are_one_line() {
         "needs a BertForTokenClassification",
     );
 }
+
+/// Every task head trains in bf16 mixed precision (f32 master weights; the losses, QA's padding
+/// bias and the regression target meet the half-precision logits in f32) and evaluates.
+#[test]
+fn every_task_head_trains_in_bf16() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bf16 = [
+        "--set",
+        "training.precision=\"bf16\"",
+        "--set",
+        "training.epochs=2",
+    ];
+    let run = |cfg: &Path, name: &str| -> serde_json::Value {
+        let mut args = vec!["finetune", "--config", cfg.to_str().expect("utf8")];
+        args.extend(bf16);
+        ok(&args);
+        read_json(&dir.path().join(name).join("eval.json"))
+    };
+    let reg = run(&config(dir.path(), "reg", true), "reg");
+    assert!(
+        reg["pearson"].as_f64().expect("pearson").is_finite(),
+        "{reg}"
+    );
+
+    let (train, dev) = (dir.path().join("train.conll"), dir.path().join("dev.conll"));
+    write_conll(&train, 16, 1);
+    write_conll(&dev, 8, 2);
+    let ner = task_config(
+        dir.path(),
+        "ner",
+        "token-classification",
+        (&train, &dev),
+        "max_length = 24",
+        "batch_size = 8",
+    );
+    assert!(run(&ner, "ner")["f1"].as_f64().is_some());
+
+    let (train, dev) = (dir.path().join("train.json"), dir.path().join("dev.json"));
+    write_squad(&train, 16, 3);
+    write_squad(&dev, 8, 4);
+    let qa = task_config(
+        dir.path(),
+        "qa",
+        "question-answering",
+        (&train, &dev),
+        "max_length = 12\ndoc_stride = 4",
+        "batch_size = 8",
+    );
+    assert!(run(&qa, "qa")["exact_match"].as_f64().is_some());
+}

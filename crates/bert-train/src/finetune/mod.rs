@@ -371,6 +371,7 @@ where
 {
     let config = &setup.config;
     let training = &config.training;
+    training.precision.check::<B>(device)?;
     let out = &config.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomically(
@@ -448,7 +449,7 @@ where
             }
             let start = (b % batches_per_epoch) as usize * batch_size;
             let rows = &order.1[start..(start + batch_size).min(n_train)];
-            let l = loss(&model, rows)?;
+            let l = loss(&training.precision.compute_copy(&model), rows)?;
             let value = f64::from(l.loss.clone().into_scalar().elem::<f32>());
             if !value.is_finite() {
                 return Err(rundir::diverged(value, step + 1, out));

@@ -73,7 +73,9 @@ fn mask_padding<B: Backend>(
             *v = -1e4;
         }
     }
-    logits + Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(bias, [b, t]), device)
+    let bias = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(bias, [b, t]), device);
+    let dtype = logits.dtype();
+    logits + bias.cast(dtype)
 }
 
 /// The best answer of a question over its windows.

@@ -78,7 +78,9 @@ fn loss<B: Backend>(logits: Tensor<B, 2>, rows: &[&Row], device: &Device<B>) -> 
         Some(Target::Score(_)) => {
             let y: Vec<f32> = rows.iter().map(|r| score(r.target) as f32).collect();
             let y = Tensor::<B, 1>::from_data(TensorData::new(y, [n]), device);
-            (logits.reshape([n]) - y).powi_scalar(2).mean()
+            (logits.cast(burn::tensor::DType::F32).reshape([n]) - y)
+                .powi_scalar(2)
+                .mean()
         }
         _ => {
             let y = rows.iter().map(|r| class(r.target) as i64).collect();
