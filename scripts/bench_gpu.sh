@@ -2,7 +2,7 @@
 # GPU benchmark for one run on an H100/H200 machine without internet, in under 10 minutes:
 #   (a) the GPU (nvidia-smi);
 #   (b) correctness: 3 BERT-mini steps on one fixed batch with our cpu, cuda and wgpu backends,
-#       final losses compared with cpu's (|diff| < 1e-3);
+#       final losses compared with cpu's (|diff| < 1e-3), and cuda bf16 against cpu bf16 (< 2e-2);
 #   (c) BERT-base training steps at seq 128 (batch 32) and seq 512 (batch 8), 20 steps after 5:
 #       ours f32 and bf16, PyTorch (transformers) f32 and bf16 with sdpa attention, and PyTorch
 #       f32 eager at seq 128;
@@ -69,6 +69,11 @@ for backend in cpu cuda wgpu; do
   run "mini $backend" 120 "$BERT" bench train --config configs/bench/bert-mini.toml --steps 3 \
     --warmup 0 --backend "$backend" --json --fixed-batch
 done
+# bf16 mixed precision: CUDA against the CPU's bf16 (emulated there, so slow but exact).
+for backend in cpu cuda; do
+  run "mini $backend bf16" 120 "$BERT" bench train --config configs/bench/bert-mini.toml \
+    --steps 3 --warmup 0 --backend "$backend" --json --fixed-batch --precision bf16
+done
 
 echo
 echo "==> (c) BERT-base training, 20 steps after 5"
@@ -94,16 +99,19 @@ import sys
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 
-print("\ncorrectness (BERT-mini, 3 steps, fixed batch): final loss against cpu, |diff| < 1e-3")
-mini = {r["backend"]: r["final_loss"] for r in rows if r["framework"] == "burn" and r["model"] == "mini"}
-for backend in ("cpu", "cuda", "wgpu"):
-    if backend not in mini:
-        print(f"  {backend:<5} missing")
-    elif "cpu" not in mini:
-        print(f"  {backend:<5} {mini[backend]:.6f}  (no cpu reference)")
+print("\ncorrectness (BERT-mini, 3 steps, fixed batch): final loss against cpu (f32: |diff| < 1e-3, bf16: < 2e-2)")
+mini = {(r["backend"], r["precision"]): r["final_loss"]
+        for r in rows if r["framework"] == "burn" and r["model"] == "mini"}
+for backend, precision, tolerance in (("cuda", "f32", 1e-3), ("wgpu", "f32", 1e-3), ("cuda", "bf16", 2e-2)):
+    ours, ref = mini.get((backend, precision)), mini.get(("cpu", precision))
+    label = f"{backend} {precision}"
+    if ours is None:
+        print(f"  {label:<10} missing")
+    elif ref is None:
+        print(f"  {label:<10} {ours:.6f}  (no cpu reference)")
     else:
-        diff = abs(mini[backend] - mini["cpu"])
-        print(f"  {backend:<5} {mini[backend]:.6f}  diff {diff:.2e}  {'ok' if diff < 1e-3 else 'FAIL'}")
+        diff = abs(ours - ref)
+        print(f"  {label:<10} {ours:.6f}  cpu {ref:.6f}  diff {diff:.2e}  {'ok' if diff < tolerance else 'FAIL'}")
 
 train = [r for r in rows if r["model"] != "mini"]
 print(f"\n{'framework':<9} {'seq':>4} {'batch':>5} {'prec':<5} {'attention':<9} {'median ms':>10} "
