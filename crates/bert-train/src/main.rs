@@ -5,6 +5,7 @@ mod backend;
 mod bench;
 mod config;
 mod data;
+mod ddp;
 mod encode;
 mod fill_mask;
 mod finetune;

@@ -29,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
 use crate::config::{self, PretrainConfig};
-use crate::optim::{Accumulation, AdamW, lr_at};
-use crate::rundir;
+use crate::optim::{AdamW, lr_at};
+use crate::{ddp, rundir};
 
 /// Options of `bert pretrain`.
 #[derive(Debug, Clone, clap::Args)]
@@ -73,7 +73,7 @@ pub(crate) struct BatchStats {
 
 impl BatchStats {
     /// Adds one of `n` micro-batches: losses averaged, counts summed.
-    fn add(&mut self, other: &BatchStats, n: usize) {
+    pub(crate) fn add(&mut self, other: &BatchStats, n: usize) {
         let n = n.max(1) as f64;
         self.loss += other.loss / n;
         self.mlm_loss += other.mlm_loss / n;
@@ -368,6 +368,9 @@ fn train<B: AutodiffBackend>(
 
     let seed = config.training.seed;
     let precision = config.training.precision;
+    let devices = ddp::devices::<B>(device, &config.training.devices)?;
+    // Replica 0 (this thread, checkpoints and evaluation) runs on the first listed device.
+    let device = &devices[0];
     precision.check::<B>(device)?;
     B::seed(device, derive_seed(&[seed, 0]));
     let mut model = match &init_dir {
@@ -434,36 +437,60 @@ fn train<B: AutodiffBackend>(
             train_corpus.num_documents(),
             state.step
         );
+        // Data parallelism: replicas 1.. run on worker threads, one per extra device, with
+        // their own copy of the weights and optimizer state; every step each replica gets its
+        // own micro-batches and the gradients are averaged by Burn's collective all-reduce, so
+        // the replicas stay identical. Replica 0 is this thread.
+        let replicas = ddp::Replicas::start(
+            scope,
+            &devices,
+            &model,
+            &opt,
+            &config.optimizer,
+            &config.training,
+        )?;
+        let micro_batches = config.training.gradient_accumulation_steps.max(1);
         while state.step < total {
             let step = state.step;
-            B::seed(device, derive_seed(&[seed, step, 5]));
-            let micro_batches = config.training.gradient_accumulation_steps.max(1);
-            let mut stats = BatchStats::default();
-            let mut batch_tokens = 0usize;
-            let mut batch_rows = 0usize;
-            let mut accumulation = Accumulation::default();
-            let mut position = state.stream;
-            for _ in 0..micro_batches {
-                let (batch, after) = batches.next().context("the corpus yields no sequence")?;
-                position = after;
-                let (loss, s) = forward(&precision.compute_copy(&model), &batch, device);
-                if !s.loss.is_finite() {
-                    return Err(rundir::diverged(s.loss, step + 1, out));
-                }
-                stats.add(&s, micro_batches);
-                batch_tokens += batch.num_tokens();
-                batch_rows += batch.input_ids.len();
-                accumulation.add(&model, loss.backward());
-            }
             let lr = lr_at(
                 step,
                 total,
                 config.optimizer.learning_rate,
                 &config.schedule,
             );
-            let (grads, scale) = accumulation.take();
-            let (next, step_stats) = opt.step_params(model, &grads, scale, lr);
+            let mut position = state.stream;
+            let mut shares: Vec<Vec<PretrainingBatch>> = vec![Vec::new(); devices.len()];
+            for _ in 0..micro_batches {
+                for share in &mut shares {
+                    let (batch, after) = batches.next().context("the corpus yields no sequence")?;
+                    position = after;
+                    share.push(batch);
+                }
+            }
+            let batch_tokens: usize = shares.iter().flatten().map(|b| b.num_tokens()).sum();
+            let batch_rows: usize = shares.iter().flatten().map(|b| b.input_ids.len()).sum();
+            let mut shares = shares.into_iter();
+            let own = shares.next().unwrap_or_default();
+            replicas.send(step, lr, shares)?;
+            B::seed(device, derive_seed(&[seed, step, 5]));
+            let (next, own_stats, step_stats) = ddp::replica_step(
+                model,
+                &mut opt,
+                &own,
+                replicas.peer(0),
+                precision,
+                lr,
+                device,
+            )?;
             model = next;
+            let mut stats = BatchStats::default();
+            stats.add(&own_stats, devices.len());
+            for other in replicas.receive()? {
+                stats.add(&other, devices.len());
+            }
+            if !stats.loss.is_finite() {
+                return Err(rundir::diverged(stats.loss, step + 1, out));
+            }
             state.step += 1;
             state.examples += batch_rows as u64;
             state.stream = position;

@@ -372,6 +372,11 @@ where
     let config = &setup.config;
     let training = &config.training;
     training.precision.check::<B>(device)?;
+    if training.devices.len() > 1 {
+        bail!(
+            "training.devices: data-parallel training is implemented for pretraining only so far; fine-tune on one device"
+        );
+    }
     let out = &config.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomically(
