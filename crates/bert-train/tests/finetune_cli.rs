@@ -565,8 +565,9 @@ fn predict_and_evaluate_errors_are_one_line() {
     );
 }
 
-/// Every task head trains in bf16 mixed precision (f32 master weights; the losses, QA's padding
-/// bias and the regression target meet the half-precision logits in f32) and evaluates.
+/// Every task head (regression, token classification, QA, multiple choice) trains in bf16 mixed
+/// precision (f32 master weights; the losses, QA's padding bias and the regression target meet
+/// the half-precision logits in f32) and evaluates.
 #[test]
 fn every_task_head_trains_in_bf16() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -613,4 +614,19 @@ fn every_task_head_trains_in_bf16() {
         "batch_size = 8",
     );
     assert!(run(&qa, "qa")["exact_match"].as_f64().is_some());
+
+    let (train, dev) = (dir.path().join("train.jsonl"), dir.path().join("dev.jsonl"));
+    let line =
+        serde_json::json!({"context": "w61 w62", "choices": ["w5 w6", "w41 w42"], "label": 0});
+    std::fs::write(&train, format!("{line}\n").repeat(8)).expect("mc");
+    std::fs::write(&dev, format!("{line}\n").repeat(4)).expect("mc");
+    let mc = task_config(
+        dir.path(),
+        "mc",
+        "multiple-choice",
+        (&train, &dev),
+        "max_length = 12",
+        "batch_size = 4",
+    );
+    assert!(run(&mc, "mc")["accuracy"].as_f64().is_some());
 }
