@@ -476,23 +476,6 @@ fn predict(dir: &Path, model: &Path, input: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// All f32 tensors of a safetensors file.
-fn read_tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).expect("weights");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let v = view
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            (name, v)
-        })
-        .collect()
-}
-
 #[test]
 fn predict_and_evaluate_errors_are_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");

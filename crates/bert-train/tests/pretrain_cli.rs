@@ -270,20 +270,7 @@ fn two_replicas_match_gradient_accumulation() {
             "--set",
             extra,
         ]);
-        let bytes =
-            std::fs::read(dir.path().join(name).join("final/model.safetensors")).expect("weights");
-        let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-        st.tensors()
-            .into_iter()
-            .map(|(n, t)| {
-                let v = t
-                    .data()
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                (n, v)
-            })
-            .collect()
+        read_tensors(&dir.path().join(name).join("final/model.safetensors"))
     };
     let ddp = run("ddp", "training.devices=[0, 0]");
     let acc = run("acc", "training.gradient_accumulation_steps=2");
@@ -310,14 +297,14 @@ fn two_replicas_match_gradient_accumulation() {
     .expect("json");
     assert!(first["loss"].as_f64().expect("loss").is_finite());
     let bad = config(dir.path(), "bad");
-    let out = bert(&[
-        "pretrain",
-        "--config",
-        bad.to_str().expect("utf8"),
-        "--set",
-        "training.devices=[0, 5]",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no device 5"), "{err}");
+    fails_in_one_line(
+        &[
+            "pretrain",
+            "--config",
+            bad.to_str().expect("utf8"),
+            "--set",
+            "training.devices=[0, 5]",
+        ],
+        "no device 5",
+    );
 }

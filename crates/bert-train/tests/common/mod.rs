@@ -1,6 +1,7 @@
 //! Helpers shared by the CLI integration tests: paths, running the `bert` binary.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -49,4 +50,21 @@ pub fn fails_in_one_line(args: &[&str], needle: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one-line error expected, got: {stderr}");
     assert!(lines[0].contains(needle), "{needle:?} not in: {stderr}");
+}
+
+/// All f32 tensors of a safetensors file.
+pub fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(path).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let v = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, v)
+        })
+        .collect()
 }
