@@ -164,9 +164,10 @@ impl<B: AutodiffBackend> Replicas<B> {
         })
     }
 
-    /// Replica 0's collective id, `None` without data parallelism.
-    pub(crate) fn peer(&self, rank: usize) -> Option<PeerId> {
-        (!self.jobs.is_empty()).then(|| PeerId::from(rank))
+    /// The collective id of replica 0 (the training loop's thread), `None` without data
+    /// parallelism.
+    pub(crate) fn peer(&self) -> Option<PeerId> {
+        (!self.jobs.is_empty()).then(|| PeerId::from(0usize))
     }
 
     /// Hands each worker its micro-batches of step `step` (one list per worker, in order).
@@ -198,10 +199,10 @@ impl<B: AutodiffBackend> Replicas<B> {
 
 impl<B: AutodiffBackend> Drop for Replicas<B> {
     fn drop(&mut self) {
-        if !self.jobs.is_empty() {
+        if let Some(peer) = self.peer() {
             // Workers leave their loop when their job channel closes, then finish too.
             self.jobs.clear();
-            let _ = finish_collective::<B::InnerBackend>(PeerId::from(0usize));
+            let _ = finish_collective::<B::InnerBackend>(peer);
         }
     }
 }

@@ -356,6 +356,13 @@ fn train<B: AutodiffBackend>(
         toml::to_string(config)?.as_bytes(),
     )?;
 
+    // Device and precision problems are reported before the corpus is prepared.
+    let precision = config.training.precision;
+    let devices = ddp::devices::<B>(device, &config.training.devices)?;
+    // Replica 0 (this thread, checkpoints and evaluation) runs on the first listed device.
+    let device = &devices[0];
+    precision.check::<B>(device)?;
+
     let PretrainData {
         init_dir,
         tokenizer,
@@ -367,11 +374,6 @@ fn train<B: AutodiffBackend>(
     } = PretrainData::open(config)?;
 
     let seed = config.training.seed;
-    let precision = config.training.precision;
-    let devices = ddp::devices::<B>(device, &config.training.devices)?;
-    // Replica 0 (this thread, checkpoints and evaluation) runs on the first listed device.
-    let device = &devices[0];
-    precision.check::<B>(device)?;
     B::seed(device, derive_seed(&[seed, 0]));
     let mut model = match &init_dir {
         Some(dir) => {
@@ -477,7 +479,7 @@ fn train<B: AutodiffBackend>(
                 model,
                 &mut opt,
                 &own,
-                replicas.peer(0),
+                replicas.peer(),
                 precision,
                 lr,
                 device,

@@ -371,12 +371,6 @@ where
 {
     let config = &setup.config;
     let training = &config.training;
-    training.precision.check::<B>(device)?;
-    if training.devices.len() > 1 {
-        bail!(
-            "training.devices: data-parallel training is implemented for pretraining only so far; fine-tune on one device"
-        );
-    }
     let out = &config.output.dir;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomically(
@@ -643,11 +637,18 @@ pub(crate) fn init_model<B: Backend, M: PretrainedBert<B>>(
 pub fn run(args: &FinetuneArgs) -> Result<()> {
     let (config, _) = config::load::<FinetuneConfig>(&args.config, &args.set)?;
     let kind = BackendKind::resolve(config.training.backend.as_deref())?;
+    if config.training.devices.len() > 1 {
+        bail!(
+            "training.devices: data-parallel training is implemented for pretraining only so far; fine-tune on one device"
+        );
+    }
     // Before anything is loaded: an existing run is never overwritten without --resume.
     let resume_from = rundir::check_resume(&config.output.dir, args.resume)?;
     let setup = setup(config, resume_from)?;
     crate::with_backend!(kind, |B, device| {
         type A = burn::backend::Autodiff<B>;
+        // Before the data is read and tokenized.
+        setup.config.training.precision.check::<A>(&device)?;
         match setup.config.task.kind {
             TaskKind::SequenceClassification => sequence::train::<A>(&setup, &device)?,
             TaskKind::TokenClassification => token::train::<A>(&setup, &device)?,
