@@ -289,9 +289,10 @@ impl<B: Backend> BertForTokenClassification<B> {
         output_hidden_states: bool,
     ) -> (Tensor<B, 3>, BertModelOutput<B>) {
         let bert = self.bert.forward(input, output_hidden_states);
-        let logits = self
-            .classifier
-            .forward(self.dropout.forward(bert.last_hidden_state.clone()));
+        let logits = crate::model::dense(
+            &self.classifier,
+            self.dropout.forward(bert.last_hidden_state.clone()),
+        );
         (logits, bert)
     }
 }
@@ -323,7 +324,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
     ) -> (Tensor<B, 2>, Tensor<B, 2>, BertModelOutput<B>) {
         let bert = self.bert.forward(input, output_hidden_states);
         let [batch, seq, _] = bert.last_hidden_state.dims();
-        let logits = self.qa_outputs.forward(bert.last_hidden_state.clone());
+        let logits = crate::model::dense(&self.qa_outputs, bert.last_hidden_state.clone());
         let start = logits
             .clone()
             .slice([0..batch, 0..seq, 0..1])

@@ -31,6 +31,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod heads;
+pub mod kernels;
 pub mod model;
 pub mod precision;
 

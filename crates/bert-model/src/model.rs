@@ -15,6 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::kernels;
 
 /// A linear layer initialised as in HF BERT: weight `N(0, initializer_range)`, bias zero.
 pub(crate) fn init_linear<B: Backend>(
@@ -51,6 +52,18 @@ fn init_embedding<B: Backend>(
     Embedding {
         weight: Param::from_tensor(weight),
     }
+}
+
+/// `linear.forward(x)` for `x: [batch_size, seq_length, d_input]`, run as one
+/// `[batch_size * seq_length, d_input]` matmul. Burn's `Linear` on a rank-3 input broadcasts
+/// the weight into a batched matmul of `batch_size` small products, which CPU backends run
+/// one sequence at a time (packing the weight for each); one 2-D product lets the GEMM split
+/// the rows over every core. Same result, any backend.
+pub fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d_input] = x.dims();
+    let y = linear.forward(x.reshape([batch * seq, d_input]));
+    let d_output = y.dims()[1];
+    y.reshape([batch, seq, d_output])
 }
 
 pub(crate) fn dropout(p: f64) -> Dropout {
@@ -187,13 +200,23 @@ impl<B: Backend> BertSelfAttention<B> {
     ///   negative number for padding (see [`attention_mask_bias`])
     /// - returns the context `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        if kernels::active(&hidden) {
+            return kernels::self_attention(
+                &self.query,
+                &self.key,
+                &self.value,
+                self.num_heads,
+                hidden,
+                mask_bias,
+            );
+        }
         let [batch, seq, width] = hidden.dims();
         let heads = self.num_heads;
         let head_dim = width / heads;
         let split = |x: Tensor<B, 3>| x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
-        let q = split(self.query.forward(hidden.clone()));
-        let k = split(self.key.forward(hidden.clone()));
-        let v = split(self.value.forward(hidden));
+        let q = split(dense(&self.query, hidden.clone()));
+        let k = split(dense(&self.key, hidden.clone()));
+        let v = split(dense(&self.value, hidden));
         let dtype = q.dtype();
         let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
         // Softmax in f32 under mixed precision (as autocast), then back to the compute dtype.
@@ -236,7 +259,10 @@ impl<B: Backend> BertSelfOutput<B> {
 
     /// `LayerNorm(dropout(dense(hidden)) + residual)`, all `[batch_size, seq_length, H]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.dropout.forward(self.dense.forward(hidden));
+        if kernels::active(&hidden) {
+            return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
+        }
+        let x = self.dropout.forward(dense(&self.dense, hidden));
         layer_norm(&self.layer_norm, x + residual)
     }
 }
@@ -292,7 +318,10 @@ impl<B: Backend> BertIntermediate<B> {
 
     /// `[batch_size, seq_length, H]` → `[batch_size, seq_length, intermediate_size]`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        activation(self.act, self.dense.forward(hidden))
+        if self.act == HiddenAct::Gelu && kernels::active(&hidden) {
+            return kernels::dense_gelu(&self.dense, hidden);
+        }
+        activation(self.act, dense(&self.dense, hidden))
     }
 }
 
@@ -326,7 +355,10 @@ impl<B: Backend> BertOutput<B> {
     /// - `residual`: `[batch_size, seq_length, H]`
     /// - returns `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.dropout.forward(self.dense.forward(hidden));
+        if kernels::active(&hidden) {
+            return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
+        }
+        let x = self.dropout.forward(dense(&self.dense, hidden));
         layer_norm(&self.layer_norm, x + residual)
     }
 }

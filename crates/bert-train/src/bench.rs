@@ -79,6 +79,10 @@ pub struct BenchEncodeArgs {
     /// cpu, wgpu or cuda.
     #[arg(long)]
     pub backend: Option<String>,
+    /// Run the CPU backend's generic tensor ops instead of the fused inference kernels
+    /// (bert_model::kernels), to measure what the kernels bring.
+    #[arg(long)]
+    pub no_fused_kernels: bool,
     /// Print one JSON object (last line) after the table.
     #[arg(long)]
     pub json: bool,
@@ -409,6 +413,7 @@ fn bench_encode<B: Backend>(
         "seq_len": args.seq_len,
         "sentences": texts.len(),
         "threads": threads(),
+        "fused_kernels": bert_model::kernels::enabled() && matches!(kind, BackendKind::Cpu),
         "time_ms": {"median": stats["median"], "min": stats["min"], "max": stats["max"]},
         "sentences_per_second": texts.len() as f64 / median_s,
         "peak_rss_mib": peak_rss_mib(),
@@ -418,6 +423,7 @@ fn bench_encode<B: Backend>(
 /// `bert bench encode`.
 pub fn encode(args: &BenchEncodeArgs) -> Result<()> {
     let kind = BackendKind::resolve(args.backend.as_deref())?;
+    bert_model::kernels::set_enabled(!args.no_fused_kernels);
     let report = crate::with_backend!(kind, |B, device| bench_encode::<B>(args, kind, &device)?);
     print_report(&report, args.json);
     Ok(())
