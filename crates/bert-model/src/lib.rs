@@ -26,6 +26,10 @@
 //! ```
 //!
 //! See `examples/custom_head.rs` for putting your own head on the encoder and training it.
+//!
+//! Crate feature `flex`: fused f32 inference kernels for Burn's flex CPU backend (see
+//! [`kernels`]); the model takes them by itself when its tensors are flex tensors, and runs the
+//! generic Burn ops everywhere else.
 
 pub mod checkpoint;
 pub mod config;
