@@ -5,11 +5,11 @@
 //! residual adds, the head split/merge copies, the attention mask add). These kernels do
 //! what a chain of them does in one parallel pass, on the matmul outputs in place:
 //!
-//! | kernel | replaces |
+//! | kernel (module) | replaces |
 //! |---|---|
-//! | [`dense_gelu`] | bias add, exact GELU (`erf`) |
-//! | [`self_attention`] | q/k/v bias adds, head split, `q kᵀ / √d`, mask add, softmax, `p v`, head merge |
-//! | [`dense_add_layer_norm`] | bias add, residual add (then flex's fused LayerNorm) |
+//! | `dense_gelu` (`BertIntermediate`, GELU) | bias add, exact GELU (`erf`) |
+//! | `self_attention` (`BertSelfAttention`) | q/k/v bias adds, head split, `q kᵀ / √d`, mask add, softmax, `p v`, head merge |
+//! | `dense_add_layer_norm` (`BertSelfOutput`, `BertOutput`) | bias add, residual add (then flex's fused LayerNorm) |
 //!
 //! The matmuls stay Burn's (`Tensor::matmul`, flex's multi-threaded GEMM).
 //!
