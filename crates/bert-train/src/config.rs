@@ -64,9 +64,9 @@ pub struct TrainingSection {
     /// cpu, wgpu or cuda (default: the best compiled in).
     #[serde(default)]
     pub backend: Option<String>,
-    /// Devices for data-parallel pretraining: indices of the backend's devices (e.g. `[0, 1]`
-    /// for two GPUs), one replica each, gradients averaged with Burn's collective all-reduce;
-    /// `batch_size` is per device. Empty (the default): the backend's default device.
+    /// Devices for data-parallel training (pretraining and fine-tuning): indices of the
+    /// backend's devices (e.g. `[0, 1]` for two GPUs), one replica each, gradients averaged with
+    /// Burn's collective all-reduce; `batch_size` is per device. Empty (the default): the backend's default device.
     #[serde(default)]
     pub devices: Vec<usize>,
     /// Compute precision: `f32`, or `bf16` / `f16` mixed precision (f32 master weights and

@@ -1,33 +1,31 @@
-//! Data-parallel pretraining over several devices (`training.devices`), on Burn's collective
-//! all-reduce (burn-collective, through `GradientsParams::all_reduce`): no home-made
-//! communication.
+//! Data-parallel training over several devices (`training.devices`), pretraining and
+//! fine-tuning alike, on Burn's collective all-reduce (burn-collective, through
+//! `GradientsParams::all_reduce`): no home-made communication.
 //!
 //! One replica per device, each on its own thread with its own copy of the weights and of the
 //! AdamW state (replica 0 is the training loop's thread, which also evaluates and writes
-//! checkpoints). Every step each replica runs its own micro-batches forward and backward, the
-//! summed gradients are averaged over the replicas, and each replica applies the same AdamW
-//! update (global-norm clipping included) to the same weights, so they stay identical.
-//! `training.batch_size` is per device: a step sees `devices × accumulation × batch_size`
-//! sequences, and N devices with accumulation A give the update of one device with accumulation
-//! N·A (`tests/pretrain_cli.rs` checks 2 × 1 against 1 × 2).
+//! checkpoints). Every step each replica runs its own micro-batches forward and backward (a
+//! [`Work`]), the gradients are summed over the replicas and divided by the step's number of
+//! micro-batches, and each replica applies the same AdamW update (global-norm clipping
+//! included) to the same weights, so they stay identical. `training.batch_size` is per device:
+//! a step sees `devices × accumulation × batch_size` examples, and N devices with accumulation A
+//! give the update of one device with accumulation N·A (`tests/pretrain_cli.rs` and
+//! `tests/finetune_cli.rs` check 2 × 1 against 1 × 2).
 
 use std::marker::PhantomData;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::Scope;
 
 use anyhow::{Context, Result, anyhow};
-use bert_data::pretraining::PretrainingBatch;
 use bert_data::pretraining::stream::derive_seed;
-use bert_model::BertForPreTraining;
 use burn::collective::{CollectiveConfig, PeerId, ReduceOperation, finish_collective, register};
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
+use burn::optim::GradientsParams;
 use burn::prelude::DeviceOps;
 use burn::tensor::Device;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use crate::config::{Precision, TrainingSection};
-use crate::optim::{Accumulation, AdamW, OptimizerConfig, StepStats};
-use crate::pretrain::{BatchStats, forward};
+use crate::optim::{AdamW, OptimizerConfig, StepStats};
 
 /// The devices of `training.devices` (indices among the backend's devices of the default
 /// device's kind), or the default device when the list is empty. An index may repeat: two
@@ -55,59 +53,81 @@ pub(crate) fn devices<B: Backend>(
         .collect()
 }
 
-/// One replica's share of a step: its micro-batches forward and backward, the gradients
-/// averaged with the other replicas' (when `peer` is set), one AdamW update.
-pub(crate) fn replica_step<B: AutodiffBackend>(
-    model: BertForPreTraining<B>,
+/// What every replica does with its share of a step: the forward and backward passes of its
+/// micro-batches.
+pub(crate) trait Work<B: AutodiffBackend>: Sync {
+    /// The model trained.
+    type Model: AutodiffModule<B> + Send;
+    /// One replica's micro-batches of a step.
+    type Share: Send;
+    /// What the training loop reports of them (losses, counts).
+    type Stats: Send;
+
+    /// The gradients of the micro-batches of `share`, summed (not averaged), and their
+    /// statistics. An empty share (a replica left without data at the end of the last epoch)
+    /// gives zero gradients for the same parameters, so the all-reduce still pairs up.
+    fn gradients(
+        &self,
+        model: &Self::Model,
+        share: &Self::Share,
+        device: &Device<B>,
+    ) -> Result<(GradientsParams, Self::Stats)>;
+}
+
+/// One replica's part of a step: its gradients ([`Work::gradients`]), summed with the other
+/// replicas' (when `peer` is set), divided by `micro_batches` (the step's micro-batches on all
+/// replicas), one AdamW update.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn replica_step<B: AutodiffBackend, W: Work<B>>(
+    work: &W,
+    model: W::Model,
     opt: &mut AdamW<B>,
-    batches: &[PretrainingBatch],
+    share: &W::Share,
+    micro_batches: usize,
     peer: Option<PeerId>,
-    precision: Precision,
     lr: f64,
     device: &Device<B>,
-) -> Result<(BertForPreTraining<B>, BatchStats, StepStats)> {
-    let mut stats = BatchStats::default();
-    let mut accumulation = Accumulation::default();
-    for batch in batches {
-        let (loss, s) = forward(&precision.compute_copy(&model), batch, device);
-        stats.add(&s, batches.len());
-        accumulation.add(&model, loss.backward());
-    }
-    let (grads, scale) = accumulation.take();
+) -> Result<(W::Model, W::Stats, StepStats)> {
+    let (grads, stats) = work.gradients(&model, share, device)?;
     let grads = match peer {
         Some(peer) => grads
-            .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
+            .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
             .map_err(|e| anyhow!("all-reduce of the gradients failed: {e:?}"))?,
         None => grads,
     };
+    let scale = 1.0 / micro_batches.max(1) as f64;
     let (model, step) = opt.step_params(model, &grads, scale, lr);
     Ok((model, stats, step))
 }
 
 /// A step's work for one worker replica.
-struct Job {
+struct Job<S> {
     step: u64,
     lr: f64,
-    batches: Vec<PretrainingBatch>,
+    micro_batches: usize,
+    share: S,
 }
 
 /// The worker replicas (devices 1..) of a data-parallel run; none with one device.
-pub(crate) struct Replicas<B: AutodiffBackend> {
-    jobs: Vec<SyncSender<Job>>,
-    results: Receiver<Result<BatchStats>>,
+pub(crate) struct Replicas<B: AutodiffBackend, W: Work<B>> {
+    jobs: Vec<SyncSender<Job<W::Share>>>,
+    results: Receiver<Result<W::Stats>>,
     backend: PhantomData<B>,
 }
 
-impl<B: AutodiffBackend> Replicas<B> {
+impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
     /// Starts one worker per device after the first, each with a copy of `model` and `opt`
-    /// as they are now (after a resume: the checkpoint's), and registers replica 0.
+    /// as they are now (after a resume: the checkpoint's), and registers replica 0. Worker `r`
+    /// seeds its device with `derive_seed(&[seed, step, 5, r])` before each step (replica 0,
+    /// the caller, with `derive_seed(&[seed, step, 5])`, as a single-device run).
     pub(crate) fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
         devices: &[Device<B>],
-        model: &BertForPreTraining<B>,
+        work: &'scope W,
+        model: &W::Model,
         opt: &AdamW<B>,
         optimizer: &OptimizerConfig,
-        training: &TrainingSection,
+        seed: u64,
     ) -> Result<Self> {
         let (result_sender, results) = channel();
         let mut jobs = Vec::new();
@@ -115,12 +135,11 @@ impl<B: AutodiffBackend> Replicas<B> {
             let collective = CollectiveConfig::default().with_num_devices(devices.len());
             let (opt_step, opt_tensors) = opt.state();
             for (rank, device) in devices.iter().enumerate().skip(1) {
-                let (job_sender, job_receiver) = sync_channel::<Job>(1);
+                let (job_sender, job_receiver) = sync_channel::<Job<W::Share>>(1);
                 jobs.push(job_sender);
                 let (model, device, collective) =
                     (model.clone(), device.clone(), collective.clone());
                 let (optimizer, tensors) = (optimizer.clone(), opt_tensors.clone());
-                let (precision, seed) = (training.precision, training.seed);
                 let results = result_sender.clone();
                 scope.spawn(move || {
                     let peer = PeerId::from(rank);
@@ -133,11 +152,12 @@ impl<B: AutodiffBackend> Replicas<B> {
                         while let Ok(job) = job_receiver.recv() {
                             B::seed(&device, derive_seed(&[seed, job.step, 5, rank as u64]));
                             let (next, stats, _) = replica_step(
+                                work,
                                 model,
                                 &mut opt,
-                                &job.batches,
+                                &job.share,
+                                job.micro_batches,
                                 Some(peer),
-                                precision,
                                 job.lr,
                                 &device,
                             )?;
@@ -170,23 +190,30 @@ impl<B: AutodiffBackend> Replicas<B> {
         (!self.jobs.is_empty()).then(|| PeerId::from(0usize))
     }
 
-    /// Hands each worker its micro-batches of step `step` (one list per worker, in order).
+    /// Hands each worker its share of step `step` (one share per worker, in order);
+    /// `micro_batches` counts the step's micro-batches on all replicas.
     pub(crate) fn send(
         &self,
         step: u64,
         lr: f64,
-        shares: impl Iterator<Item = Vec<PretrainingBatch>>,
+        micro_batches: usize,
+        shares: impl Iterator<Item = W::Share>,
     ) -> Result<()> {
-        for (rank, (jobs, batches)) in self.jobs.iter().zip(shares).enumerate() {
-            jobs.send(Job { step, lr, batches })
-                .ok()
-                .with_context(|| format!("replica {} stopped", rank + 1))?;
+        for (rank, (jobs, share)) in self.jobs.iter().zip(shares).enumerate() {
+            jobs.send(Job {
+                step,
+                lr,
+                micro_batches,
+                share,
+            })
+            .ok()
+            .with_context(|| format!("replica {} stopped", rank + 1))?;
         }
         Ok(())
     }
 
     /// The workers' statistics of the step just sent.
-    pub(crate) fn receive(&self) -> Result<Vec<BatchStats>> {
+    pub(crate) fn receive(&self) -> Result<Vec<W::Stats>> {
         (0..self.jobs.len())
             .map(|_| {
                 self.results
@@ -197,7 +224,7 @@ impl<B: AutodiffBackend> Replicas<B> {
     }
 }
 
-impl<B: AutodiffBackend> Drop for Replicas<B> {
+impl<B: AutodiffBackend, W: Work<B>> Drop for Replicas<B, W> {
     fn drop(&mut self) {
         if let Some(peer) = self.peer() {
             // Workers leave their loop when their job channel closes, then finish too.

@@ -21,6 +21,7 @@ use bert_data::pretraining::{
 use bert_model::checkpoint::write_atomically;
 use bert_model::{BertForPreTraining, LoadOptions, load_pretrained, save_pretrained};
 use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::tensor::ElementConversion;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -28,8 +29,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
-use crate::config::{self, PretrainConfig};
-use crate::optim::{AdamW, lr_at};
+use crate::config::{self, Precision, PretrainConfig};
+use crate::optim::{Accumulation, AdamW, lr_at};
 use crate::{ddp, rundir};
 
 /// Options of `bert pretrain`.
@@ -102,6 +103,34 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usiz
     let [n, _] = logits.dims();
     let hits = logits.argmax(1).reshape([n]).equal(targets).int().sum();
     hits.into_scalar().elem::<i64>().max(0) as usize
+}
+
+/// A pretraining replica's step: forward and backward of its micro-batches (in the compute
+/// precision), MLM/NSP statistics averaged over them.
+struct Pretraining {
+    precision: Precision,
+}
+
+impl<B: AutodiffBackend> ddp::Work<B> for Pretraining {
+    type Model = BertForPreTraining<B>;
+    type Share = Vec<PretrainingBatch>;
+    type Stats = BatchStats;
+
+    fn gradients(
+        &self,
+        model: &BertForPreTraining<B>,
+        batches: &Vec<PretrainingBatch>,
+        device: &Device<B>,
+    ) -> Result<(GradientsParams, BatchStats)> {
+        let mut stats = BatchStats::default();
+        let mut accumulation = Accumulation::default();
+        for batch in batches {
+            let (loss, s) = forward(&self.precision.compute_copy(model), batch, device);
+            stats.add(&s, batches.len());
+            accumulation.add(model, loss.backward());
+        }
+        Ok((accumulation.take().0, stats))
+    }
 }
 
 /// Forward pass and loss of a batch: `(loss tensor, stats)`.
@@ -415,6 +444,7 @@ fn train<B: AutodiffBackend>(
         state.stream,
     );
     let batch_size = config.training.batch_size;
+    let work = Pretraining { precision };
     std::thread::scope(|scope| {
         // Batches are cut, masked and padded on a worker thread; each comes with the stream
         // position after it, which is what a checkpoint records.
@@ -446,10 +476,11 @@ fn train<B: AutodiffBackend>(
         let replicas = ddp::Replicas::start(
             scope,
             &devices,
+            &work,
             &model,
             &opt,
             &config.optimizer,
-            &config.training,
+            seed,
         )?;
         let micro_batches = config.training.gradient_accumulation_steps.max(1);
         while state.step < total {
@@ -473,14 +504,16 @@ fn train<B: AutodiffBackend>(
             let batch_rows: usize = shares.iter().flatten().map(|b| b.input_ids.len()).sum();
             let mut shares = shares.into_iter();
             let own = shares.next().unwrap_or_default();
-            replicas.send(step, lr, shares)?;
+            let step_micro_batches = micro_batches * devices.len();
+            replicas.send(step, lr, step_micro_batches, shares)?;
             B::seed(device, derive_seed(&[seed, step, 5]));
             let (next, own_stats, step_stats) = ddp::replica_step(
+                &work,
                 model,
                 &mut opt,
                 &own,
+                step_micro_batches,
                 replicas.peer(),
-                precision,
                 lr,
                 device,
             )?;

@@ -613,3 +613,62 @@ fn every_task_head_trains_in_bf16() {
     );
     assert!(run(&mc, "mc")["accuracy"].as_f64().is_some());
 }
+
+/// Data-parallel fine-tuning: two replicas sharing the CPU end with the weights of one
+/// replica accumulating two micro-batches (dropout off), also when the last step leaves the
+/// second replica without data (3 batches a epoch, 3 epochs: 9 micro-batches, 5 steps).
+#[test]
+fn two_replicas_match_gradient_accumulation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "base", false);
+    let run = |name: &str, extra: &str| -> std::collections::BTreeMap<String, Vec<f32>> {
+        let out = dir.path().join(name);
+        ok(&[
+            "finetune",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--set",
+            &format!("output.dir={:?}", out.display().to_string()),
+            "--set",
+            "training.epochs=3",
+            "--set",
+            "training.batch_size=16",
+            "--set",
+            "model.hidden_dropout_prob=0.0",
+            "--set",
+            "model.attention_probs_dropout_prob=0.0",
+            "--set",
+            extra,
+        ]);
+        let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+        let last_train = metrics
+            .lines()
+            .rfind(|l| l.contains("\"train\""))
+            .expect("a train line");
+        assert!(last_train.contains("\"step\":5"), "{last_train}");
+        read_tensors(&out.join("final/model.safetensors"))
+    };
+    let ddp = run("ddp", "training.devices=[0, 0]");
+    let acc = run("acc", "training.gradient_accumulation_steps=2");
+    assert_eq!(ddp.len(), acc.len());
+    let mut worst = 0.0f32;
+    for (name, a) in &ddp {
+        for (x, y) in a.iter().zip(&acc[name]) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(
+        worst < 1e-6,
+        "2 replicas end {worst} away from accumulation over 2"
+    );
+    fails_in_one_line(
+        &[
+            "finetune",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--set",
+            "training.devices=[3]",
+        ],
+        "no device 3",
+    );
+}

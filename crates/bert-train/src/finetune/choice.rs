@@ -113,7 +113,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         &config,
         train_rows.len(),
         "accuracy",
-        |model, idx| {
+        |model, idx, device| {
             let rows: Vec<&Row> = idx.iter().map(|&i| &train_rows[i]).collect();
             let scores = forward(model, &rows, pad, device)?;
             let labels = rows.iter().map(|r| r.label.unwrap_or(0) as i64).collect();

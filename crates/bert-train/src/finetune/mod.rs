@@ -5,7 +5,8 @@
 //! Fine-tuning starts from an HF directory or Hub id (`model.init_from`): the encoder is loaded
 //! and the task head is new (a partial load, listed in the log). One loop ([`fit`]) serves every
 //! task: a seeded order per epoch, micro-batches padded to their longest row, gradient
-//! accumulation, AdamW with global-norm clipping and the warmup/decay schedule, evaluation every
+//! accumulation, data parallelism over `training.devices` (crate::ddp), AdamW with global-norm
+//! clipping and the warmup/decay schedule, evaluation every
 //! `eval_every_steps`, `best/` by the task's main metric (optional early stopping), checkpoints
 //! with exact `--resume`, Ctrl-C saves. A run writes `config.toml`, `metrics.jsonl`,
 //! `loss.png`, `eval.json` and `final/` (HF layout with the tokenizer and `id2label`).
@@ -360,7 +361,7 @@ pub(crate) fn fit<B, M>(
     head_config: &BertConfig,
     n_train: usize,
     main_metric: &str,
-    loss: impl Fn(&M, &[usize]) -> Result<BatchLoss<B>>,
+    loss: impl Fn(&M, &[usize], &Device<B>) -> Result<BatchLoss<B>> + Sync,
     evaluate: impl Fn(&M::InnerModule) -> Result<serde_json::Value>,
     device: &Device<B>,
 ) -> Result<()>
@@ -369,6 +370,96 @@ where
     M: AutodiffModule<B> + PretrainedBert<B>,
     M::InnerModule: PretrainedBert<B::InnerBackend>,
 {
+    let devices = crate::ddp::devices::<B>(device, &setup.config.training.devices)?;
+    let work = Finetuning {
+        loss: &loss,
+        precision: setup.config.training.precision,
+        model: std::marker::PhantomData,
+    };
+    std::thread::scope(|scope| {
+        fit_on(
+            scope,
+            &devices,
+            &work,
+            setup,
+            model,
+            head_config,
+            n_train,
+            main_metric,
+            &evaluate,
+        )
+    })
+}
+
+/// A fine-tuning replica's step: forward and backward of its micro-batches (lists of training
+/// rows) in the compute precision.
+struct Finetuning<'a, F, M> {
+    loss: &'a F,
+    precision: crate::config::Precision,
+    model: std::marker::PhantomData<fn() -> M>,
+}
+
+/// Losses of a replica's micro-batches.
+#[derive(Debug, Default)]
+struct MicroStats {
+    loss_sum: f64,
+    tokens: usize,
+}
+
+impl<B, M, F> crate::ddp::Work<B> for Finetuning<'_, F, M>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    F: Fn(&M, &[usize], &Device<B>) -> Result<BatchLoss<B>> + Sync,
+{
+    type Model = M;
+    type Share = Vec<Vec<usize>>;
+    type Stats = MicroStats;
+
+    fn gradients(
+        &self,
+        model: &M,
+        share: &Vec<Vec<usize>>,
+        device: &Device<B>,
+    ) -> Result<(burn::optim::GradientsParams, MicroStats)> {
+        let mut stats = MicroStats::default();
+        let mut accumulation = Accumulation::default();
+        for rows in share {
+            let l = (self.loss)(&self.precision.compute_copy(model), rows, device)?;
+            stats.loss_sum += f64::from(l.loss.clone().into_scalar().elem::<f32>());
+            stats.tokens += l.tokens;
+            accumulation.add(model, l.loss.backward());
+        }
+        if share.is_empty() {
+            // No data left for this replica in the last step: zero gradients of the same
+            // parameters, for the all-reduce.
+            let l = (self.loss)(&self.precision.compute_copy(model), &[0], device)?;
+            accumulation.add(model, (l.loss * 0.0).backward());
+        }
+        Ok((accumulation.take().0, stats))
+    }
+}
+
+/// [`fit`] inside the scope of the data-parallel worker threads.
+#[allow(clippy::too_many_arguments)]
+fn fit_on<'scope, B, M, F>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    devices: &[Device<B>],
+    work: &'scope Finetuning<'scope, F, M>,
+    setup: &Setup,
+    model: M,
+    head_config: &BertConfig,
+    n_train: usize,
+    main_metric: &str,
+    evaluate: &impl Fn(&M::InnerModule) -> Result<serde_json::Value>,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + PretrainedBert<B>,
+    M::InnerModule: PretrainedBert<B::InnerBackend>,
+    F: Fn(&M, &[usize], &Device<B>) -> Result<BatchLoss<B>> + Sync,
+{
+    let device = &devices[0];
     let config = &setup.config;
     let training = &config.training;
     let out = &config.output.dir;
@@ -386,9 +477,12 @@ where
         .unwrap_or_else(|| main_metric.to_string());
     let batch_size = training.batch_size.max(1);
     let micro = training.gradient_accumulation_steps.max(1) as u64;
+    let replicas_n = devices.len() as u64;
+    // Micro-batches per step, all replicas together.
+    let per_step = micro * replicas_n;
     let batches_per_epoch = n_train.div_ceil(batch_size) as u64;
     let total = match training.epochs {
-        Some(e) => (e * batches_per_epoch).div_ceil(micro),
+        Some(e) => (e * batches_per_epoch).div_ceil(per_step),
         None => training.max_steps,
     };
     let last_batch = training.epochs.map(|e| e * batches_per_epoch);
@@ -423,18 +517,22 @@ where
             .map_or("the model", String::as_str),
         burn::module::Module::num_params(&model) as f64 / 1e6,
         state.step,
-        batch_size * micro as usize,
+        batch_size * per_step as usize,
     );
+    // Data parallelism: replicas 1.. on worker threads (see crate::ddp); replica 0 is this
+    // thread. A step's micro-batches are consecutive batches of the epoch's order, replica r
+    // taking the r-th run of `micro` of them: N devices give the step of one device
+    // accumulating N·micro batches.
+    let replicas =
+        crate::ddp::Replicas::start(scope, devices, work, &model, &opt, &config.optimizer, seed)?;
     let mut order: (u64, Vec<usize>) = (u64::MAX, Vec::new());
     let mut window = (0usize, Instant::now());
     let mut early_stop = false;
     while state.step < total {
         let step = state.step;
-        B::seed(device, derive_seed(&[seed, step, 5]));
-        let mut accumulation = Accumulation::default();
-        let mut step_loss = 0.0;
+        let mut shares: Vec<Vec<Vec<usize>>> = vec![Vec::new(); devices.len()];
         let mut epoch = 0;
-        for b in step * micro..(step + 1) * micro {
+        for (i, b) in (step * per_step..(step + 1) * per_step).enumerate() {
             if last_batch.is_some_and(|l| b >= l) {
                 break;
             }
@@ -448,26 +546,41 @@ where
             }
             let start = (b % batches_per_epoch) as usize * batch_size;
             let rows = &order.1[start..(start + batch_size).min(n_train)];
-            let l = loss(&training.precision.compute_copy(&model), rows)?;
-            let value = f64::from(l.loss.clone().into_scalar().elem::<f32>());
-            if !value.is_finite() {
-                return Err(rundir::diverged(value, step + 1, out));
-            }
-            step_loss += value;
-            window.0 += l.tokens;
-            accumulation.add(&model, l.loss.backward());
+            shares[i / micro as usize].push(rows.to_vec());
         }
-        let micro_done = accumulation.count().max(1);
-        step_loss /= micro_done as f64;
+        let step_micro_batches: usize = shares.iter().map(Vec::len).sum();
         let lr = lr_at(
             step,
             total,
             config.optimizer.learning_rate,
             &config.schedule,
         );
-        let (grads, scale) = accumulation.take();
-        let (next, stats) = opt.step_params(model, &grads, scale, lr);
+        let mut shares = shares.into_iter();
+        let own = shares.next().unwrap_or_default();
+        replicas.send(step, lr, step_micro_batches, shares)?;
+        B::seed(device, derive_seed(&[seed, step, 5]));
+        let (next, own_stats, stats) = crate::ddp::replica_step(
+            work,
+            model,
+            &mut opt,
+            &own,
+            step_micro_batches,
+            replicas.peer(),
+            lr,
+            device,
+        )?;
         model = next;
+        let mut step_loss = own_stats.loss_sum;
+        window.0 += own_stats.tokens;
+        for other in replicas.receive()? {
+            step_loss += other.loss_sum;
+            window.0 += other.tokens;
+        }
+        step_loss /= step_micro_batches.max(1) as f64;
+        if !step_loss.is_finite() {
+            // The weights of this step are not saved: the last checkpoint stays the last good one.
+            return Err(rundir::diverged(step_loss, step + 1, out));
+        }
         state.step += 1;
         progress.inc(1);
         if tty {
@@ -637,17 +750,15 @@ pub(crate) fn init_model<B: Backend, M: PretrainedBert<B>>(
 pub fn run(args: &FinetuneArgs) -> Result<()> {
     let (config, _) = config::load::<FinetuneConfig>(&args.config, &args.set)?;
     let kind = BackendKind::resolve(config.training.backend.as_deref())?;
-    if config.training.devices.len() > 1 {
-        bail!(
-            "training.devices: data-parallel training is implemented for pretraining only so far; fine-tune on one device"
-        );
-    }
     // Before anything is loaded: an existing run is never overwritten without --resume.
     let resume_from = rundir::check_resume(&config.output.dir, args.resume)?;
     let setup = setup(config, resume_from)?;
     crate::with_backend!(kind, |B, device| {
         type A = burn::backend::Autodiff<B>;
-        // Before the data is read and tokenized.
+        // Before the data is read and tokenized. Replica 0 (the model, evaluation and
+        // checkpoints) runs on the first listed device.
+        let device =
+            crate::ddp::devices::<A>(&device, &setup.config.training.devices)?.swap_remove(0);
         setup.config.training.precision.check::<A>(&device)?;
         match setup.config.task.kind {
             TaskKind::SequenceClassification => sequence::train::<A>(&setup, &device)?,

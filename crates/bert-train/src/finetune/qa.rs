@@ -221,7 +221,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         &config,
         train_features.len(),
         "f1",
-        |model, idx| {
+        |model, idx, device| {
             let rows: Vec<&QaFeature> = idx.iter().map(|&i| &train_features[i]).collect();
             let (s, e, _) = forward(model, &rows, pad, device);
             let starts = targets(

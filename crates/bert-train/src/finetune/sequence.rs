@@ -209,7 +209,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         &config,
         train_rows.len(),
         main,
-        |model, idx| {
+        |model, idx, device| {
             let rows: Vec<&Row> = idx.iter().map(|&i| &train_rows[i]).collect();
             let logits = forward(model, &rows, pad, device);
             Ok(BatchLoss {

@@ -201,7 +201,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         &config,
         train_features.len(),
         "f1",
-        |model, idx| {
+        |model, idx, device| {
             let rows: Vec<&TokenClassificationFeature> =
                 idx.iter().map(|&i| &train_features[i]).collect();
             Ok(BatchLoss {
