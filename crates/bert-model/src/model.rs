@@ -32,10 +32,19 @@ pub(crate) fn init_linear<B: Backend>(
 }
 
 /// A LayerNorm initialised to weight 1, bias 0.
+///
+/// Burn's `LayerNormConfig::init` creates its parameters lazily, on first use. A lazy parameter
+/// first used through a clone of the module (the mixed-precision compute copy, a data-parallel
+/// replica) is initialised in the clone only, so the first training step of a new model would
+/// get no gradient for it: the parameters are made here, as every other one.
 pub(crate) fn init_layer_norm<B: Backend>(config: &BertConfig, device: &B::Device) -> LayerNorm<B> {
-    LayerNormConfig::new(config.hidden_size)
+    let h = config.hidden_size;
+    let mut layer_norm = LayerNormConfig::new(h)
         .with_epsilon(config.layer_norm_eps)
-        .init(device)
+        .init(device);
+    layer_norm.gamma = Param::from_tensor(Tensor::ones([h], device));
+    layer_norm.beta = Some(Param::from_tensor(Tensor::zeros([h], device)));
+    layer_norm
 }
 
 fn init_embedding<B: Backend>(
@@ -676,6 +685,22 @@ mod tests {
         assert_eq!(bias, 0.0);
         let gamma = layer.layer_norm.gamma.val().into_data();
         gamma.assert_eq(&TensorData::from([1.0f32; 16]), false);
+    }
+
+    /// Every parameter of a new model gets a gradient from the first backward pass, also when
+    /// the forward ran on a clone (as the mixed-precision copy and data-parallel replicas do).
+    #[test]
+    fn a_new_model_trains_every_parameter_from_the_first_step() {
+        use burn::backend::Autodiff;
+        use burn::optim::GradientsParams;
+        type A = Autodiff<B>;
+        let device = Default::default();
+        let model = BertModel::<A>::new(&small(), true, &device);
+        let ids = Tensor::<A, 2, Int>::from_ints([[2, 5, 7, 3]], &device);
+        let out = model.clone().forward(BertInput::new(ids), false);
+        let loss = out.last_hidden_state.sum() + out.pooler_output.expect("pooler").sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        assert_eq!(grads.len(), burn::module::list_param_ids(&model).len());
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct BenchTrainArgs {
     /// by `final_loss`.
     #[arg(long)]
     pub fixed_batch: bool,
+    /// Data parallelism over these devices, e.g. `0,1` (as `training.devices`: one replica
+    /// each, the batch size per device; default: the config's).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Option<Vec<usize>>,
     /// Print one JSON object (last line) after the table.
     #[arg(long)]
     pub json: bool,
@@ -205,6 +209,11 @@ fn bench_train<B: AutodiffBackend>(
     }
     let seed = config.training.seed;
     let precision = args.precision.unwrap_or(config.training.precision);
+    let devices = crate::ddp::devices::<B>(
+        device,
+        args.devices.as_deref().unwrap_or(&config.training.devices),
+    )?;
+    let device = &devices[0];
     precision.check::<B>(device)?;
     let model: BertForPreTraining<B> = if args.fixed_batch {
         // The same initial weights on every backend: drawn on the CPU, moved over.
@@ -237,28 +246,54 @@ fn bench_train<B: AutodiffBackend>(
         seed,
     );
     let mut opt = AdamW::<B>::new(config.optimizer.clone());
-    let mut model = model;
     let mut times = Vec::new();
     let mut last_loss = f64::NAN;
     let mut first_loss = f64::NAN;
     let lr = config.optimizer.learning_rate;
-    for i in 0..args.warmup + args.steps {
-        let start = Instant::now();
-        let (loss, stats) =
-            crate::pretrain::forward(&precision.compute_copy(&model), &batch, device);
-        let grads = loss.backward();
-        let (next, _) = opt.step(model, grads, lr);
-        model = next;
-        B::sync(device).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let elapsed = start.elapsed().as_secs_f64() * 1e3;
-        last_loss = stats.loss;
-        if i == 0 {
-            first_loss = stats.loss;
+    // One replica per device (see crate::ddp), each stepping on the same batch.
+    let work = crate::pretrain::Pretraining { precision };
+    let n = devices.len();
+    let model = std::thread::scope(|scope| -> Result<BertForPreTraining<B>> {
+        let replicas = crate::ddp::Replicas::start(
+            scope,
+            &devices,
+            &work,
+            &model,
+            &opt,
+            &config.optimizer,
+            seed,
+        )?;
+        let mut model = model;
+        let share = vec![batch.clone()];
+        for i in 0..args.warmup + args.steps {
+            let start = Instant::now();
+            replicas.send(i as u64, lr, n, (1..n).map(|_| share.clone()))?;
+            let (next, stats, _) = crate::ddp::replica_step(
+                &work,
+                model,
+                &mut opt,
+                &share,
+                n,
+                replicas.peer(),
+                lr,
+                device,
+            )?;
+            model = next;
+            replicas.receive()?;
+            for d in &devices {
+                B::sync(d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            }
+            let elapsed = start.elapsed().as_secs_f64() * 1e3;
+            last_loss = stats.loss;
+            if i == 0 {
+                first_loss = stats.loss;
+            }
+            if i >= args.warmup {
+                times.push(elapsed);
+            }
         }
-        if i >= args.warmup {
-            times.push(elapsed);
-        }
-    }
+        Ok(model)
+    })?;
     let stats = summary(&times);
     let median_s = stats["median"].as_f64().unwrap_or(f64::NAN) / 1e3;
     Ok(serde_json::json!({
@@ -270,6 +305,7 @@ fn bench_train<B: AutodiffBackend>(
         "layers": bert_config.num_hidden_layers,
         "hidden": bert_config.hidden_size,
         "batch_size": batch_size,
+        "devices": n,
         "seq_len": seq,
         "precision": precision.to_string(),
         "attention": "burn",
@@ -277,8 +313,8 @@ fn bench_train<B: AutodiffBackend>(
         "steps": args.steps,
         "warmup": args.warmup,
         "step_time_ms": stats,
-        "tokens_per_second": (batch_size * seq) as f64 / median_s,
-        "samples_per_second": batch_size as f64 / median_s,
+        "tokens_per_second": (n * batch_size * seq) as f64 / median_s,
+        "samples_per_second": (n * batch_size) as f64 / median_s,
         "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": serde_json::Value::Null,
         "first_loss": first_loss,

@@ -231,7 +231,9 @@ impl<B: AutodiffBackend> AdamW<B> {
         }
     }
 
-    /// Clips gradients to the global norm, then applies one AdamW update at learning rate `lr`.
+    /// Clips gradients to the global norm, then applies one AdamW update at learning rate `lr`
+    /// (the training loops go through [`AdamW::step_params`], by way of `crate::ddp`).
+    #[cfg(test)]
     pub fn step<M: AutodiffModule<B>>(
         &mut self,
         model: M,
@@ -242,8 +244,9 @@ impl<B: AutodiffBackend> AdamW<B> {
         self.step_params(model, &grads, 1.0, lr)
     }
 
-    /// [`AdamW::step`] on gradients by parameter id, first multiplied by `grad_scale` (1/k for
-    /// the sum of k accumulated micro-batches): clipping sees the averaged gradient.
+    /// Clips gradients (by parameter id, first multiplied by `grad_scale`: 1/k for the sum of k
+    /// micro-batches, so clipping sees the averaged gradient) to the global norm, then applies
+    /// one AdamW update at learning rate `lr`.
     pub fn step_params<M: AutodiffModule<B>>(
         &mut self,
         model: M,

@@ -107,8 +107,8 @@ fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usiz
 
 /// A pretraining replica's step: forward and backward of its micro-batches (in the compute
 /// precision), MLM/NSP statistics averaged over them.
-struct Pretraining {
-    precision: Precision,
+pub(crate) struct Pretraining {
+    pub precision: Precision,
 }
 
 impl<B: AutodiffBackend> ddp::Work<B> for Pretraining {

@@ -308,3 +308,47 @@ fn two_replicas_match_gradient_accumulation() {
         "no device 5",
     );
 }
+
+/// `bert bench train --devices 0,0`: two replicas stepping on the same batch average two equal
+/// gradients, so their losses are the single replica's; the report counts both replicas.
+#[test]
+fn bench_train_on_two_replicas_steps_like_one() {
+    let run = |devices: &str| -> serde_json::Value {
+        let out = ok(&[
+            "bench",
+            "train",
+            "--config",
+            root()
+                .join("configs/bench/bert-mini.toml")
+                .to_str()
+                .expect("utf8"),
+            "--set",
+            "model.preset=tiny",
+            "--set",
+            "model.vocab_size=512",
+            "--set",
+            "data.max_seq_length=32",
+            "--set",
+            "training.batch_size=4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--fixed-batch",
+            "--devices",
+            devices,
+            "--json",
+        ]);
+        serde_json::from_str(out.lines().last().expect("a line")).expect("json")
+    };
+    let (one, two) = (run("0"), run("0,0"));
+    assert_eq!(
+        (one["devices"].as_u64(), two["devices"].as_u64()),
+        (Some(1), Some(2))
+    );
+    for key in ["first_loss", "final_loss"] {
+        let (a, b) = (one[key].as_f64().expect(key), two[key].as_f64().expect(key));
+        assert!((a - b).abs() < 1e-5, "{key}: one replica {a}, two {b}");
+    }
+    assert!(one["final_loss"].as_f64() < one["first_loss"].as_f64());
+}
