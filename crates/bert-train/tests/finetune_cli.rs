@@ -650,13 +650,7 @@ fn two_replicas_match_gradient_accumulation() {
     };
     let ddp = run("ddp", "training.devices=[0, 0]");
     let acc = run("acc", "training.gradient_accumulation_steps=2");
-    assert_eq!(ddp.len(), acc.len());
-    let mut worst = 0.0f32;
-    for (name, a) in &ddp {
-        for (x, y) in a.iter().zip(&acc[name]) {
-            worst = worst.max((x - y).abs());
-        }
-    }
+    let worst = max_abs_diff(&ddp, &acc);
     assert!(
         worst < 1e-6,
         "2 replicas end {worst} away from accumulation over 2"

@@ -274,13 +274,7 @@ fn two_replicas_match_gradient_accumulation() {
     };
     let ddp = run("ddp", "training.devices=[0, 0]");
     let acc = run("acc", "training.gradient_accumulation_steps=2");
-    assert_eq!(ddp.len(), acc.len());
-    let mut worst = 0.0f32;
-    for (name, a) in &ddp {
-        for (x, y) in a.iter().zip(&acc[name]) {
-            worst = worst.max((x - y).abs());
-        }
-    }
+    let worst = max_abs_diff(&ddp, &acc);
     // A replica that skipped the all-reduce (or averaged wrongly) would be ~1e-3 away.
     assert!(
         worst < 1e-6,
@@ -313,33 +307,9 @@ fn two_replicas_match_gradient_accumulation() {
 /// gradients, so their losses are the single replica's; the report counts both replicas.
 #[test]
 fn bench_train_on_two_replicas_steps_like_one() {
-    let run = |devices: &str| -> serde_json::Value {
-        let out = ok(&[
-            "bench",
-            "train",
-            "--config",
-            root()
-                .join("configs/bench/bert-mini.toml")
-                .to_str()
-                .expect("utf8"),
-            "--set",
-            "model.preset=tiny",
-            "--set",
-            "model.vocab_size=512",
-            "--set",
-            "data.max_seq_length=32",
-            "--set",
-            "training.batch_size=4",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--fixed-batch",
-            "--devices",
-            devices,
-            "--json",
-        ]);
-        serde_json::from_str(out.lines().last().expect("a line")).expect("json")
+    let run = |devices: &str| {
+        bench_train_tiny(&["--steps", "2", "--warmup", "1", "--devices", devices])
+            .expect("bench train")
     };
     let (one, two) = (run("0"), run("0,0"));
     assert_eq!(

@@ -9,39 +9,16 @@ mod common;
 use common::*;
 
 fn final_loss(backend: &str) -> Result<(f64, f64), String> {
-    let out = bert(&[
-        "bench",
-        "train",
-        "--config",
-        root()
-            .join("configs/bench/bert-mini.toml")
-            .to_str()
-            .expect("utf8"),
-        "--set",
-        "model.preset=tiny",
-        "--set",
-        "model.vocab_size=512",
-        "--set",
-        "data.max_seq_length=32",
-        "--set",
-        "training.batch_size=4",
+    let json = bench_train_tiny(&[
         "--set",
         "optimizer.learning_rate=1e-3",
         "--steps",
         "3",
         "--warmup",
         "0",
-        "--fixed-batch",
-        "--json",
         "--backend",
         backend,
-    ]);
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let json: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or("")).map_err(|e| e.to_string())?;
+    ])?;
     Ok((
         json["first_loss"].as_f64().ok_or("first_loss")?,
         json["final_loss"].as_f64().ok_or("final_loss")?,

@@ -68,3 +68,45 @@ pub fn read_tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
         })
         .collect()
 }
+
+/// The largest `|a - b|` between two sets of tensors of the same names (see [`read_tensors`]).
+pub fn max_abs_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> f32 {
+    assert_eq!(a.len(), b.len(), "different tensor sets");
+    let mut worst = 0.0f32;
+    for (name, x) in a {
+        for (p, q) in x.iter().zip(&b[name]) {
+            worst = worst.max((p - q).abs());
+        }
+    }
+    worst
+}
+
+/// `bert bench train --fixed-batch --json` on a tiny BERT (configs/bench/bert-mini.toml with
+/// preset tiny, vocabulary 512, batch 4 × 32 tokens) with `extra` arguments: the JSON report,
+/// or stderr when the run fails.
+pub fn bench_train_tiny(extra: &[&str]) -> Result<serde_json::Value, String> {
+    let config = root().join("configs/bench/bert-mini.toml");
+    let mut args = vec![
+        "bench",
+        "train",
+        "--config",
+        config.to_str().expect("utf8"),
+        "--set",
+        "model.preset=tiny",
+        "--set",
+        "model.vocab_size=512",
+        "--set",
+        "data.max_seq_length=32",
+        "--set",
+        "training.batch_size=4",
+        "--fixed-batch",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = bert(&args);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).map_err(|e| e.to_string())
+}
