@@ -284,6 +284,9 @@ mod flex {
         mask_bias: Tensor<B, 4>,
     ) -> Tensor<B, 3> {
         let [batch, seq, width] = hidden.dims();
+        if batch * seq == 0 {
+            return tensor(Vec::new(), [batch, seq, width]);
+        }
         let (q, _) = matmul(query, hidden.clone());
         let (k, _) = matmul(key, hidden.clone());
         let (v, _) = matmul(value, hidden);
