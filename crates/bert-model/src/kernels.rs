@@ -22,7 +22,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
@@ -52,63 +51,8 @@ pub fn active<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     }
 }
 
-/// `activation(dense(x))` with exact GELU: `[batch_size, seq_length, d_in]` →
-/// `[batch_size, seq_length, d_out]`. Call only where [`active`] holds.
-pub(crate) fn dense_gelu<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    #[cfg(feature = "flex")]
-    {
-        flex::dense_gelu(dense, x)
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (dense, x);
-        unreachable!("active() is false without the flex feature")
-    }
-}
-
-/// `LayerNorm(dense(x) + residual)`: `x` `[batch_size, seq_length, d_in]`, `residual` and the
-/// result `[batch_size, seq_length, H]`. Call only where [`active`] holds.
-pub(crate) fn dense_add_layer_norm<B: Backend>(
-    dense: &Linear<B>,
-    x: Tensor<B, 3>,
-    residual: Tensor<B, 3>,
-    layer_norm: &LayerNorm<B>,
-) -> Tensor<B, 3> {
-    #[cfg(feature = "flex")]
-    {
-        flex::dense_add_layer_norm(dense, x, residual, layer_norm)
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (dense, layer_norm, x, residual);
-        unreachable!("active() is false without the flex feature")
-    }
-}
-
-/// Multi-head self-attention context (HF `BertSelfAttention` at inference):
-/// - `hidden`: `[batch_size, seq_length, H]`
-/// - `mask_bias`: `[batch_size, 1, 1, seq_length]` (see [`crate::attention_mask_bias`])
-/// - returns `[batch_size, seq_length, H]`
-///
-/// Call only where [`active`] holds.
-pub(crate) fn self_attention<B: Backend>(
-    query: &Linear<B>,
-    key: &Linear<B>,
-    value: &Linear<B>,
-    num_heads: usize,
-    hidden: Tensor<B, 3>,
-    mask_bias: Tensor<B, 4>,
-) -> Tensor<B, 3> {
-    #[cfg(feature = "flex")]
-    {
-        flex::self_attention(query, key, value, num_heads, hidden, mask_bias)
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (query, key, value, num_heads, hidden, mask_bias);
-        unreachable!("active() is false without the flex feature")
-    }
-}
+#[cfg(feature = "flex")]
+pub(crate) use flex::{dense_add_layer_norm, dense_gelu, self_attention};
 
 /// `exp(x)` in f32 without a libm call, so loops over it vectorise: `x = n ln 2 + r`,
 /// `|r| ≤ ln 2 / 2`, a degree-7 Taylor polynomial for `exp(r)` (relative error < 1e-7 before
@@ -241,7 +185,9 @@ mod flex {
         }
     }
 
-    pub(super) fn dense_gelu<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `activation(dense(x))` with exact GELU: `[batch_size, seq_length, d_in]` →
+    /// `[batch_size, seq_length, d_out]`. Call only where [`active`](super::active) holds.
+    pub(crate) fn dense_gelu<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let (mut y, dims) = matmul(dense, x);
         let width = dims[2];
         let bias = bias(dense, width);
@@ -251,7 +197,10 @@ mod flex {
         tensor(y, dims)
     }
 
-    pub(super) fn dense_add_layer_norm<B: Backend>(
+    /// `LayerNorm(dense(x) + residual)`: `x` `[batch_size, seq_length, d_in]`, `residual` and
+    /// the result `[batch_size, seq_length, H]`. Call only where [`active`](super::active)
+    /// holds.
+    pub(crate) fn dense_add_layer_norm<B: Backend>(
         dense: &Linear<B>,
         x: Tensor<B, 3>,
         residual: Tensor<B, 3>,
@@ -275,7 +224,13 @@ mod flex {
         layer_norm.forward(tensor(y, dims))
     }
 
-    pub(super) fn self_attention<B: Backend>(
+    /// Multi-head self-attention context (HF `BertSelfAttention` at inference):
+    /// - `hidden`: `[batch_size, seq_length, H]`
+    /// - `mask_bias`: `[batch_size, 1, 1, seq_length]` (see [`crate::attention_mask_bias`])
+    /// - returns `[batch_size, seq_length, H]`
+    ///
+    /// Call only where [`active`](super::active) holds.
+    pub(crate) fn self_attention<B: Backend>(
         query: &Linear<B>,
         key: &Linear<B>,
         value: &Linear<B>,

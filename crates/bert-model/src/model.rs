@@ -15,6 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+#[cfg(feature = "flex")]
 use crate::kernels;
 
 /// A linear layer initialised as in HF BERT: weight `N(0, initializer_range)`, bias zero.
@@ -209,6 +210,7 @@ impl<B: Backend> BertSelfAttention<B> {
     ///   negative number for padding (see [`attention_mask_bias`])
     /// - returns the context `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        #[cfg(feature = "flex")]
         if kernels::active(&hidden) {
             return kernels::self_attention(
                 &self.query,
@@ -268,6 +270,7 @@ impl<B: Backend> BertSelfOutput<B> {
 
     /// `LayerNorm(dropout(dense(hidden)) + residual)`, all `[batch_size, seq_length, H]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        #[cfg(feature = "flex")]
         if kernels::active(&hidden) {
             return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
         }
@@ -327,6 +330,7 @@ impl<B: Backend> BertIntermediate<B> {
 
     /// `[batch_size, seq_length, H]` → `[batch_size, seq_length, intermediate_size]`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        #[cfg(feature = "flex")]
         if self.act == HiddenAct::Gelu && kernels::active(&hidden) {
             return kernels::dense_gelu(&self.dense, hidden);
         }
@@ -364,6 +368,7 @@ impl<B: Backend> BertOutput<B> {
     /// - `residual`: `[batch_size, seq_length, H]`
     /// - returns `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        #[cfg(feature = "flex")]
         if kernels::active(&hidden) {
             return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
         }
