@@ -264,22 +264,13 @@ fn bench_train<B: AutodiffBackend>(
             seed,
         )?;
         let mut model = model;
-        let share = vec![batch.clone()];
         for i in 0..args.warmup + args.steps {
             let start = Instant::now();
-            replicas.send(i as u64, lr, n, (1..n).map(|_| share.clone()))?;
-            let (next, stats, _) = crate::ddp::replica_step(
-                &work,
-                model,
-                &mut opt,
-                &share,
-                n,
-                replicas.peer(),
-                lr,
-                device,
-            )?;
+            let shares = vec![vec![batch.clone()]; n];
+            let (next, replica_stats, _) =
+                replicas.step(&work, model, &mut opt, shares, n, i as u64, lr, device)?;
             model = next;
-            replicas.receive()?;
+            let stats = &replica_stats[0];
             for d in &devices {
                 B::sync(d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             }

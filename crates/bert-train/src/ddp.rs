@@ -186,19 +186,29 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
 
     /// The collective id of replica 0 (the training loop's thread), `None` without data
     /// parallelism.
-    pub(crate) fn peer(&self) -> Option<PeerId> {
+    fn peer(&self) -> Option<PeerId> {
         (!self.jobs.is_empty()).then(|| PeerId::from(0usize))
     }
 
-    /// Hands each worker its share of step `step` (one share per worker, in order);
-    /// `micro_batches` counts the step's micro-batches on all replicas.
-    pub(crate) fn send(
+    /// Step `step` on every replica: `shares[r]` is replica r's (one per device, in order),
+    /// `micro_batches` counts the step's micro-batches on all of them. Hands the workers their
+    /// shares, runs `shares[0]` on this thread as replica 0 ([`replica_step`] on `model`, `opt`,
+    /// `device`: the caller seeds it), and returns replica 0's updated model, every replica's
+    /// statistics (replica 0's first) and replica 0's optimizer statistics.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn step(
         &self,
+        work: &W,
+        model: W::Model,
+        opt: &mut AdamW<B>,
+        shares: Vec<W::Share>,
+        micro_batches: usize,
         step: u64,
         lr: f64,
-        micro_batches: usize,
-        shares: impl Iterator<Item = W::Share>,
-    ) -> Result<()> {
+        device: &Device<B>,
+    ) -> Result<(W::Model, Vec<W::Stats>, StepStats)> {
+        let mut shares = shares.into_iter();
+        let own = shares.next().context("no share for replica 0")?;
         for (rank, (jobs, share)) in self.jobs.iter().zip(shares).enumerate() {
             jobs.send(Job {
                 step,
@@ -209,18 +219,25 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
             .ok()
             .with_context(|| format!("replica {} stopped", rank + 1))?;
         }
-        Ok(())
-    }
-
-    /// The workers' statistics of the step just sent.
-    pub(crate) fn receive(&self) -> Result<Vec<W::Stats>> {
-        (0..self.jobs.len())
-            .map(|_| {
+        let (model, own_stats, step_stats) = replica_step(
+            work,
+            model,
+            opt,
+            &own,
+            micro_batches,
+            self.peer(),
+            lr,
+            device,
+        )?;
+        let mut stats = vec![own_stats];
+        for _ in &self.jobs {
+            stats.push(
                 self.results
                     .recv()
-                    .map_err(|_| anyhow!("a data-parallel replica stopped"))?
-            })
-            .collect()
+                    .map_err(|_| anyhow!("a data-parallel replica stopped"))??,
+            );
+        }
+        Ok((model, stats, step_stats))
     }
 }
 

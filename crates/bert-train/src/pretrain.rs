@@ -502,26 +502,21 @@ fn train<B: AutodiffBackend>(
             }
             let batch_tokens: usize = shares.iter().flatten().map(|b| b.num_tokens()).sum();
             let batch_rows: usize = shares.iter().flatten().map(|b| b.input_ids.len()).sum();
-            let mut shares = shares.into_iter();
-            let own = shares.next().unwrap_or_default();
-            let step_micro_batches = micro_batches * devices.len();
-            replicas.send(step, lr, step_micro_batches, shares)?;
             B::seed(device, derive_seed(&[seed, step, 5]));
-            let (next, own_stats, step_stats) = ddp::replica_step(
+            let (next, replica_stats, step_stats) = replicas.step(
                 &work,
                 model,
                 &mut opt,
-                &own,
-                step_micro_batches,
-                replicas.peer(),
+                shares,
+                micro_batches * devices.len(),
+                step,
                 lr,
                 device,
             )?;
             model = next;
             let mut stats = BatchStats::default();
-            stats.add(&own_stats, devices.len());
-            for other in replicas.receive()? {
-                stats.add(&other, devices.len());
+            for s in &replica_stats {
+                stats.add(s, devices.len());
             }
             if !stats.loss.is_finite() {
                 return Err(rundir::diverged(stats.loss, step + 1, out));

@@ -555,26 +555,22 @@ where
             config.optimizer.learning_rate,
             &config.schedule,
         );
-        let mut shares = shares.into_iter();
-        let own = shares.next().unwrap_or_default();
-        replicas.send(step, lr, step_micro_batches, shares)?;
         B::seed(device, derive_seed(&[seed, step, 5]));
-        let (next, own_stats, stats) = crate::ddp::replica_step(
+        let (next, replica_stats, stats) = replicas.step(
             work,
             model,
             &mut opt,
-            &own,
+            shares,
             step_micro_batches,
-            replicas.peer(),
+            step,
             lr,
             device,
         )?;
         model = next;
-        let mut step_loss = own_stats.loss_sum;
-        window.0 += own_stats.tokens;
-        for other in replicas.receive()? {
-            step_loss += other.loss_sum;
-            window.0 += other.tokens;
+        let mut step_loss = 0.0;
+        for s in &replica_stats {
+            step_loss += s.loss_sum;
+            window.0 += s.tokens;
         }
         step_loss /= step_micro_batches.max(1) as f64;
         if !step_loss.is_finite() {
