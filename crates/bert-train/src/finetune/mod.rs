@@ -477,9 +477,8 @@ where
         .unwrap_or_else(|| main_metric.to_string());
     let batch_size = training.batch_size.max(1);
     let micro = training.gradient_accumulation_steps.max(1) as u64;
-    let replicas_n = devices.len() as u64;
     // Micro-batches per step, all replicas together.
-    let per_step = micro * replicas_n;
+    let per_step = micro * devices.len() as u64;
     let batches_per_epoch = n_train.div_ceil(batch_size) as u64;
     let total = match training.epochs {
         Some(e) => (e * batches_per_epoch).div_ceil(per_step),
