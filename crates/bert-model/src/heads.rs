@@ -6,11 +6,12 @@
 //! embeddings: it has no weight of its own, only a bias (`cls.predictions.bias`).
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, LayerNorm, Linear};
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::dropout::Dropout;
 use crate::model::{
     BertInput, BertModel, BertModelOutput, activation, dropout, init_layer_norm, init_linear,
 };

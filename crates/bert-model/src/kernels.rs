@@ -1,9 +1,13 @@
-//! Fused f32 inference kernels for Burn's CPU backend, flex (crate feature `flex`).
+//! Fused f32 kernels for Burn's CPU backend, flex (crate feature `flex`).
 //!
-//! On the CPU, Burn runs each tensor op as its own pass over memory, and several of the ops
-//! between BERT's matmuls run on one thread there (GELU through a scalar `erf`, the bias and
-//! residual adds, the head split/merge copies, the attention mask add). These kernels do
-//! what a chain of them does in one parallel pass, on the matmul outputs in place:
+//! On the CPU, Burn runs each tensor op as its own pass over memory, and flex runs the
+//! elementwise ones (and several others between BERT's matmuls) on one thread: GELU through a
+//! scalar `erf`, the bias and residual adds, the head split/merge copies, the attention mask
+//! add, softmax; under autodiff, softmax, log-softmax and the loss are further split into
+//! elementwise ops, each with its own backward. These kernels do what a chain of them does in
+//! one parallel pass.
+//!
+//! Inference (tensors of flex itself), on the matmul outputs in place:
 //!
 //! | kernel (module) | replaces |
 //! |---|---|
@@ -11,14 +15,24 @@
 //! | `self_attention` (`BertSelfAttention`) | q/k/v bias adds, head split, `q kᵀ / √d`, mask add, softmax, `p v`, head merge |
 //! | `dense_add_layer_norm` (`BertSelfOutput`, `BertOutput`) | bias add, residual add (then flex's fused LayerNorm) |
 //!
+//! Training (tensors of `Autodiff<Flex>`), ops with their own backward (module `train`):
+//!
+//! | op | replaces, forward and backward |
+//! |---|---|
+//! | `masked_softmax` (`BertSelfAttention`) | `softmax(q kᵀ / √d + mask)` |
+//! | `gelu` (`BertIntermediate`) | exact GELU |
+//! | `cross_entropy` ([`crate::loss::cross_entropy`]) | `-mean(log_softmax(logits)[target])` |
+//!
+//! and [`crate::dropout::Dropout`] draws its masks in parallel on the flex device.
+//!
 //! The matmuls stay Burn's (`Tensor::matmul`, flex's multi-threaded GEMM).
 //!
-//! They run only where they compute the same function as the generic path: the tensors are
-//! flex tensors (so not under autodiff, where dropout would be active and gradients needed)
-//! in f32, and [`enabled`] is on. Anything else (training, GPUs, half precision, other CPU
-//! backends) takes the generic Burn ops; both paths are tested against each other and, through
-//! the model, against Hugging Face transformers. Results agree to f32 rounding (GELU's `erf` is
-//! a polynomial here, within 2e-7 of libm's).
+//! They run only where they compute the same function as the generic path: flex tensors in
+//! f32 (inference), `Autodiff<Flex>` tensors in f32 (training), and [`enabled`] is on.
+//! Anything else (GPUs, half precision, other CPU backends) takes the generic Burn ops; both
+//! paths are tested against each other (values and gradients) and, through the model, against
+//! Hugging Face transformers. Results agree to f32 rounding (GELU's `erf` is a polynomial here,
+//! within 2e-7 of libm's).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,7 +42,7 @@ use burn::tensor::{DType, Tensor};
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
 /// Turns the fused kernels on or off for the whole process (on by default; off measures what
-/// they bring: `bert bench encode --no-fused-kernels`).
+/// they bring: `bert bench encode --no-fused-kernels`, `bert bench train --no-fused-kernels`).
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
@@ -52,7 +66,28 @@ pub fn active<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
 }
 
 #[cfg(feature = "flex")]
-pub(crate) use flex::{dense_add_layer_norm, dense_gelu, self_attention};
+pub(crate) mod train;
+
+#[cfg(feature = "flex")]
+pub(crate) use flex::{dense_add_layer_norm, dense_gelu, dropout_mask, self_attention};
+
+/// Whether [`crate::dropout::Dropout`] draws its mask here (in parallel on the host) for `x`:
+/// an f32 tensor on the flex device (autodiff or not), kernels on.
+#[cfg(feature = "flex")]
+pub(crate) fn host_dropout<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    enabled() && x.dtype() == DType::F32 && flex::on_flex_device::<B>()
+}
+
+/// Output `index` of SplitMix64 (Steele, Lea and Flood 2014) started at `seed`: a counter-based
+/// generator, so any element of a stream can be computed on its own, in any order.
+#[inline(always)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn splitmix64(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// `exp(x)` in f32 without a libm call, so loops over it vectorise: `x = n ln 2 + r`,
 /// `|r| ≤ ln 2 / 2`, a degree-7 Taylor polynomial for `exp(r)` (relative error < 1e-7 before
@@ -79,13 +114,54 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     if x < -87.3 { 0.0 } else { p * scale }
 }
 
-/// Exact GELU, `x Φ(x) = x (1 + erf(x / √2)) / 2`, with `erf` from Abramowitz and Stegun 7.1.26
-/// (absolute error ≤ 1.5e-7): `1 - erf(z) = t (a₁ + t (a₂ + …)) e^{-z²}`, `t = 1 / (1 + p z)`.
-/// The tail `1 - erf` is used directly for negative `x`, so the result keeps its relative
-/// precision far into the negative tail.
+/// Folds `x` with `op` over 8 interleaved accumulators, then folds those in order: the
+/// accumulators vectorise (a chain of dependent scalar adds or maxes would cost more than
+/// the products of a score row), and the order is fixed, so the result does not depend
+/// on the SIMD width.
+#[inline(always)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    fold_lanes(x, init, |v| v, op)
+}
+
+/// [`lanes`] over `map(x[i])`.
+#[inline(always)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn fold_lanes(
+    x: &[f32],
+    init: f32,
+    map: impl Fn(f32) -> f32,
+    op: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = op(*a, map(*v));
+        }
+    }
+    let mut out = rest.iter().fold(init, |a, &v| op(a, map(v)));
+    for a in acc {
+        out = op(out, a);
+    }
+    out
+}
+
+/// Exact GELU, `x Φ(x) = x (1 + erf(x / √2)) / 2` (see [`normal_cdf_f32`]).
 #[inline(always)]
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 pub(crate) fn gelu_f32(x: f32) -> f32 {
+    x * normal_cdf_f32(x)
+}
+
+/// The standard normal CDF `Φ(x) = (1 + erf(x / √2)) / 2`, with `erf` from Abramowitz and
+/// Stegun 7.1.26 (absolute error ≤ 1.5e-7): `1 - erf(z) = t (a₁ + t (a₂ + …)) e^{-z²}`,
+/// `t = 1 / (1 + p z)`. The tail `1 - erf` is used directly for negative `x`, so the result
+/// keeps its relative precision far into the negative tail.
+#[inline(always)]
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+pub(crate) fn normal_cdf_f32(x: f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
         0.254_829_6,
@@ -99,8 +175,7 @@ pub(crate) fn gelu_f32(x: f32) -> f32 {
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
     // erfc(z) / 2 = (1 - erf(|x| / √2)) / 2 = Φ(-|x|).
     let tail = 0.5 * poly * exp_f32(-z * z);
-    let cdf = if x < 0.0 { tail } else { 1.0 - tail };
-    x * cdf
+    if x < 0.0 { tail } else { 1.0 - tail }
 }
 
 #[cfg(feature = "flex")]
@@ -118,13 +193,43 @@ mod flex {
     use pulp::{Arch, Simd, WithSimd};
     use rayon::prelude::*;
 
-    use super::{exp_f32, gelu_f32};
+    use super::{exp_f32, gelu_f32, lanes};
 
     /// Rows handed to one rayon task by the row-wise kernels (a few KB to a few hundred KB).
     const ROWS_PER_TASK: usize = 16;
 
     pub(super) fn is_flex<B: Backend>() -> bool {
         TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+    }
+
+    /// Whether `B` runs on flex's device (flex itself, or autodiff over it): host memory.
+    pub(super) fn on_flex_device<B: Backend>() -> bool {
+        TypeId::of::<B::Device>() == TypeId::of::<burn_flex::FlexDevice>()
+    }
+
+    /// A dropout mask: element `i` is `1 / keep` when the `i`-th 32-bit draw of
+    /// [`splitmix64`]`(seed, ·)` (two per 64-bit output, low half first) is below
+    /// `keep · 2³²`, else 0. Filled in parallel chunks; the result does not depend on them.
+    pub(crate) fn dropout_mask(shape: Shape, keep: f64, seed: u64) -> TensorData {
+        /// Elements per rayon task (even, so a task starts on a whole 64-bit draw).
+        const CHUNK: usize = 1 << 15;
+        let threshold = (keep * 4_294_967_296.0).round().clamp(0.0, 4_294_967_296.0) as u64;
+        let scale = (1.0 / keep) as f32;
+        let pick = |bits: u64| if bits < threshold { scale } else { 0.0 };
+        let mut mask = vec![0.0f32; shape.num_elements()];
+        mask.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let first = (task * CHUNK / 2) as u64;
+                for (j, pair) in chunk.chunks_mut(2).enumerate() {
+                    let draw = super::splitmix64(seed, first + j as u64);
+                    pair[0] = pick(draw & 0xffff_ffff);
+                    if let Some(second) = pair.get_mut(1) {
+                        *second = pick(draw >> 32);
+                    }
+                }
+            });
+        TensorData::new(mask, shape)
     }
 
     fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
@@ -273,27 +378,6 @@ mod flex {
                 })
             });
         tensor(out, [batch, seq, width])
-    }
-
-    /// Folds `x` with `op` over 8 interleaved accumulators, then folds those in order: the
-    /// accumulators vectorise (a chain of dependent scalar adds or maxes would cost more than
-    /// the products of the score row), and the order is fixed, so the result does not depend
-    /// on the SIMD width.
-    #[inline(always)]
-    fn lanes(x: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
-        let mut acc = [init; 8];
-        let chunks = x.chunks_exact(8);
-        let rest = chunks.remainder();
-        for c in chunks {
-            for (a, v) in acc.iter_mut().zip(c) {
-                *a = op(*a, *v);
-            }
-        }
-        let mut out = rest.iter().fold(init, |a, &v| op(a, v));
-        for a in acc {
-            out = op(out, a);
-        }
-        out
     }
 
     // The row kernels as pulp `WithSimd` operations: `Arch::dispatch` runs them in a function
@@ -486,6 +570,35 @@ mod flex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parallel mask is the serial definition, element for element, on a length that ends
+    /// mid-chunk and mid-pair (a wrong chunk offset repeats or skips draws).
+    #[cfg(feature = "flex")]
+    #[test]
+    fn dropout_mask_is_the_serial_stream() {
+        let (len, keep, seed) = (3 * (1 << 15) + 4_321, 0.75, 0xdead_beef);
+        let mask = dropout_mask(burn::tensor::Shape::new([len]), keep, seed)
+            .to_vec::<f32>()
+            .expect("f32 data");
+        let expected: Vec<f32> = (0..len)
+            .map(|i| {
+                let draw = splitmix64(seed, (i / 2) as u64);
+                let bits = if i % 2 == 0 {
+                    draw & 0xffff_ffff
+                } else {
+                    draw >> 32
+                };
+                if (bits as f64) < keep * 4_294_967_296.0 {
+                    1.0 / 0.75
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(mask, expected);
+        let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / len as f64;
+        assert!((kept - keep).abs() < 0.01, "kept {kept}");
+    }
 
     #[test]
     fn exp_follows_libm() {

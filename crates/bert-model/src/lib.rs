@@ -33,9 +33,11 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod dropout;
 pub mod error;
 pub mod heads;
 pub mod kernels;
+pub mod loss;
 pub mod model;
 pub mod precision;
 

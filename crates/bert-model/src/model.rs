@@ -9,12 +9,13 @@
 //! checkpoint is the single source of every hyper-parameter.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
+use crate::dropout::{Dropout, DropoutConfig};
 #[cfg(feature = "flex")]
 use crate::kernels;
 
@@ -83,6 +84,8 @@ pub(crate) fn dropout(p: f64) -> Dropout {
 /// Applies a `hidden_act` activation.
 pub fn activation<B: Backend, const D: usize>(act: HiddenAct, x: Tensor<B, D>) -> Tensor<B, D> {
     match act {
+        #[cfg(feature = "flex")]
+        HiddenAct::Gelu if kernels::train::active(&x) => kernels::train::gelu(x),
         HiddenAct::Gelu => gelu(x),
         HiddenAct::GeluTanh => gelu_approximate(x),
         HiddenAct::Relu => burn::tensor::activation::relu(x),
@@ -229,7 +232,15 @@ impl<B: Backend> BertSelfAttention<B> {
         let k = split(dense(&self.key, hidden.clone()));
         let v = split(dense(&self.value, hidden));
         let dtype = q.dtype();
-        let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
+        let scores = q.matmul(k.transpose());
+        #[cfg(feature = "flex")]
+        if kernels::train::active(&scores) {
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let probs = kernels::train::masked_softmax(scores, mask_bias, scale);
+            let probs = self.dropout.forward(probs);
+            return probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width]);
+        }
+        let scores = scores / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
         // Softmax in f32 under mixed precision (as autocast), then back to the compute dtype.
         let probs = if dtype == DType::F32 {
             softmax(scores, 3)

@@ -54,6 +54,11 @@ pub struct BenchTrainArgs {
     /// each, the batch size per device; default: the config's).
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<usize>>,
+    /// Run Burn's generic ops instead of the fused training ops on the CPU (softmax, GELU and
+    /// cross-entropy with their own backward, parallel dropout masks: bert_model::kernels),
+    /// to measure what they bring.
+    #[arg(long)]
+    pub no_fused_kernels: bool,
     /// Print one JSON object (last line) after the table.
     #[arg(long)]
     pub json: bool,
@@ -344,6 +349,7 @@ pub fn train(args: &BenchTrainArgs) -> Result<()> {
             .as_deref()
             .or(config.training.backend.as_deref()),
     )?;
+    bert_model::kernels::set_enabled(!args.no_fused_kernels);
     let report = crate::with_backend!(kind, |B, device| bench_train::<burn::backend::Autodiff<B>>(
         args, &config, kind, &device
     )?);

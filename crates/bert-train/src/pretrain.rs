@@ -23,7 +23,6 @@ use bert_model::{BertForPreTraining, LoadOptions, load_pretrained, save_pretrain
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::ElementConversion;
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -86,18 +85,7 @@ impl BatchStats {
     }
 }
 
-/// Mean cross-entropy of `[n, classes]` logits against `[n]` class ids.
-pub(crate) fn cross_entropy<B: Backend>(
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-) -> Tensor<B, 1> {
-    let [n, _] = logits.dims();
-    // Losses in f32 whatever the compute precision.
-    log_softmax(logits.cast(burn::tensor::DType::F32), 1)
-        .gather(1, targets.reshape([n, 1]))
-        .mean()
-        .neg()
-}
+pub(crate) use bert_model::loss::cross_entropy;
 
 fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
     let [n, _] = logits.dims();

@@ -1,0 +1,604 @@
+//! Fused training ops for `Autodiff<Flex>` in f32, each with its own backward.
+//!
+//! Under autodiff Burn composes softmax, log-softmax and the cross-entropy from elementwise
+//! ops (max, subtract, exp, sum, divide, gather, …), each a pass over memory forward and again
+//! backward, and flex runs elementwise ops on one thread. These ops do each chain in one
+//! row-parallel pass forward and one backward:
+//!
+//! | op | replaces (forward and backward) |
+//! |---|---|
+//! | [`masked_softmax`] | `softmax(scores · scale + mask_bias)` (attention probabilities) |
+//! | [`cross_entropy`] | `-mean(log_softmax(logits)[target])` |
+//! | [`gelu`] | exact GELU (flex's is a scalar `erf` on one thread, both ways) |
+//!
+//! The model and the losses call them where [`active`] holds and Burn's ops otherwise; tests
+//! compare values and gradients of both.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
+use burn_flex::{Flex, FlexTensor};
+use pulp::{Arch, Simd, WithSimd};
+use rayon::prelude::*;
+
+use super::{exp_f32, fold_lanes, gelu_f32, lanes};
+
+/// The autodiff backend these ops are written for (Burn's default checkpointing: none).
+type Ad = Autodiff<Flex>;
+
+/// Rows handed to one rayon task by the row kernels.
+const ROWS_PER_TASK: usize = 64;
+
+/// Elements handed to one rayon task by the elementwise kernels.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+/// Whether the fused training ops take `x`: a tensor of `Autodiff<Flex>` in f32, kernels on.
+pub(crate) fn active<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    super::enabled() && x.dtype() == DType::F32 && TypeId::of::<B>() == TypeId::of::<Ad>()
+}
+
+fn to_ad<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<Ad, D> {
+    let any: Box<dyn Any> = Box::new(x);
+    *any.downcast::<Tensor<Ad, D>>()
+        .expect("fused training ops take Autodiff<Flex> tensors (see active)")
+}
+
+fn from_ad<B: Backend, const D: usize>(x: Tensor<Ad, D>) -> Tensor<B, D> {
+    let any: Box<dyn Any> = Box::new(x);
+    *any.downcast::<Tensor<B, D>>()
+        .expect("fused training ops return Autodiff<Flex> tensors (see active)")
+}
+
+fn to_ad_int<B: Backend>(x: Tensor<B, 1, Int>) -> Tensor<Ad, 1, Int> {
+    let any: Box<dyn Any> = Box::new(x);
+    *any.downcast::<Tensor<Ad, 1, Int>>()
+        .expect("fused training ops take Autodiff<Flex> tensors (see active)")
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("contiguous f32 tensor (see active)")
+}
+
+fn flex(data: Vec<f32>, shape: Shape) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// Runs `forward` on the inner flex tensor of `x` and records `Op` with the state it returns
+/// as the backward of the result (nothing is recorded when `x` needs no gradient).
+fn record<Op, S, const D: usize, const R: usize>(
+    op: Op,
+    x: Tensor<Ad, D>,
+    forward: impl FnOnce(FlexTensor) -> (FlexTensor, S),
+) -> Tensor<Ad, R>
+where
+    Op: Backward<Flex, 1, State = S>,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    let x = x.into_primitive().tensor();
+    let node = x.node.clone();
+    let (out, state) = forward(x.primitive.to_contiguous());
+    let out = match op
+        .prepare::<NoCheckpointing>([node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Attention probabilities `softmax(scores · scale + mask_bias)` over the last dimension:
+/// - `scores`: `[batch_size, heads, seq_length, seq_length]` (`q kᵀ`)
+/// - `mask_bias`: `[batch_size, 1, 1, seq_length]`, not differentiated
+/// - returns the probabilities, shaped as `scores`
+///
+/// Backward: `dscores = scale · p ⊙ (dp − Σⱼ dpⱼ pⱼ)`. Call only where [`active`] holds.
+pub(crate) fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask_bias: Tensor<B, 4>,
+    scale: f32,
+) -> Tensor<B, 4> {
+    let [batch, heads, rows, seq] = scores.dims();
+    assert_eq!(mask_bias.dims(), [batch, 1, 1, seq], "mask_bias shape");
+    let mask = to_ad(mask_bias)
+        .inner()
+        .into_primitive()
+        .tensor()
+        .to_contiguous();
+    let out = record(MaskedSoftmax { scale }, to_ad(scores), |scores| {
+        let mut probs = vec![0f32; batch * heads * rows * seq];
+        if seq > 0 {
+            let (scores, mask) = (f32s(&scores), f32s(&mask));
+            probs
+                .par_chunks_mut(ROWS_PER_TASK * seq)
+                .zip(scores.par_chunks(ROWS_PER_TASK * seq))
+                .enumerate()
+                .for_each(|(task, (probs, scores))| {
+                    vectorized(SoftmaxRows {
+                        probs,
+                        scores,
+                        mask,
+                        seq,
+                        first_row: task * ROWS_PER_TASK,
+                        rows_per_sequence: heads * rows,
+                        scale,
+                    })
+                });
+        }
+        let probs = flex(probs, Shape::new([batch, heads, rows, seq]));
+        (probs.clone(), probs)
+    });
+    from_ad(out)
+}
+
+#[derive(Debug)]
+struct MaskedSoftmax {
+    scale: f32,
+}
+
+impl Backward<Flex, 1> for MaskedSoftmax {
+    /// The probabilities.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let probs = ops.state;
+        let scale = self.scale;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let shape = probs.layout().shape().clone();
+            let seq = shape[shape.num_dims() - 1];
+            let grad = grad.to_contiguous();
+            let (p, g) = (f32s(&probs), f32s(&grad));
+            let mut out = vec![0f32; p.len()];
+            if seq > 0 {
+                out.par_chunks_mut(ROWS_PER_TASK * seq)
+                    .zip(p.par_chunks(ROWS_PER_TASK * seq))
+                    .zip(g.par_chunks(ROWS_PER_TASK * seq))
+                    .for_each(|((out, p), g)| {
+                        vectorized(SoftmaxBackwardRows {
+                            out,
+                            p,
+                            g,
+                            seq,
+                            scale,
+                        })
+                    });
+            }
+            flex(out, shape)
+        });
+    }
+}
+
+/// Mean cross-entropy of `logits` `[n, classes]` against `targets` `[n]` (class ids), as a
+/// `[1]` tensor: `mean_r(logsumexp(logits_r) − logits_r[target_r])`. Only the logits are
+/// differentiated: `dlogits = dloss / n · (softmax(logits) − onehot(target))`. Panics on a
+/// target outside `0..classes` (as Burn's gather). Call only where [`active`] holds.
+pub(crate) fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    let [n, classes] = logits.dims();
+    let targets: Vec<usize> = to_ad_int(targets)
+        .into_data()
+        .iter::<i64>()
+        .map(|t| {
+            assert!(
+                (0..classes as i64).contains(&t),
+                "cross-entropy target {t} outside 0..{classes}"
+            );
+            t as usize
+        })
+        .collect();
+    assert_eq!(targets.len(), n, "one target per row");
+    let out = record(CrossEntropy, to_ad(logits), |logits| {
+        let x = f32s(&logits);
+        // Per row: log Σ exp, and the row's loss.
+        let mut lse = vec![0f32; n];
+        let mut losses = vec![0f32; n];
+        if classes > 0 {
+            lse.par_iter_mut()
+                .zip(losses.par_iter_mut())
+                .zip(x.par_chunks(classes))
+                .zip(targets.par_iter())
+                .for_each(|(((lse, loss), row), &t)| {
+                    vectorized(CrossEntropyRow {
+                        lse,
+                        loss,
+                        row,
+                        target: t,
+                    })
+                });
+        }
+        // The mean in f64, then f32 (Burn's mean sums in f32; this is as close or closer).
+        let mean = losses.iter().map(|&l| f64::from(l)).sum::<f64>() / n.max(1) as f64;
+        let state = CrossEntropyState {
+            logits,
+            lse,
+            targets,
+        };
+        (flex(vec![mean as f32], Shape::new([1])), state)
+    });
+    from_ad(out)
+}
+
+#[derive(Debug)]
+struct CrossEntropy;
+
+#[derive(Debug, Clone)]
+struct CrossEntropyState {
+    logits: FlexTensor,
+    lse: Vec<f32>,
+    targets: Vec<usize>,
+}
+
+impl Backward<Flex, 1> for CrossEntropy {
+    type State = CrossEntropyState;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let CrossEntropyState {
+            logits,
+            lse,
+            targets,
+        } = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let shape = logits.layout().shape().clone();
+            let classes = shape[1];
+            let n = lse.len();
+            let g = grad.into_data().iter::<f32>().next().unwrap_or(0.0) / n.max(1) as f32;
+            let x = f32s(&logits);
+            let mut out = vec![0f32; x.len()];
+            if classes > 0 {
+                out.par_chunks_mut(classes)
+                    .zip(x.par_chunks(classes))
+                    .zip(lse.par_iter().zip(targets.par_iter()))
+                    .for_each(|((out, row), (&lse, &target))| {
+                        vectorized(CrossEntropyBackwardRow {
+                            out,
+                            row,
+                            lse,
+                            target,
+                            g,
+                        })
+                    });
+            }
+            flex(out, shape)
+        });
+    }
+}
+
+/// Exact GELU, `x Φ(x)`, elementwise on any shape. Backward: `dx = dy · (Φ(x) + x φ(x))`.
+/// Call only where [`active`] holds.
+pub(crate) fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let out = record(Gelu, to_ad(x), |x| {
+        let shape = x.layout().shape().clone();
+        let mut y = f32s(&x).to_vec();
+        y.par_chunks_mut(ELEMENTS_PER_TASK)
+            .for_each(|y| vectorized(GeluChunk { y }));
+        (flex(y, shape), x)
+    });
+    from_ad(out)
+}
+
+#[derive(Debug)]
+struct Gelu;
+
+impl Backward<Flex, 1> for Gelu {
+    /// The input.
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<FlexTensor, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            let shape = x.layout().shape().clone();
+            let grad = grad.to_contiguous();
+            let mut out = f32s(&grad).to_vec();
+            out.par_chunks_mut(ELEMENTS_PER_TASK)
+                .zip(f32s(&x).par_chunks(ELEMENTS_PER_TASK))
+                .for_each(|(g, x)| vectorized(GeluBackwardChunk { g, x }));
+            flex(out, shape)
+        });
+    }
+}
+
+/// `d/dx [x Φ(x)] = Φ(x) + x φ(x)`, with `Φ` from [`gelu_f32`]'s `erf` (`Φ(x) = gelu(x) / x`
+/// is not usable at 0, so it is recomputed here the same way).
+#[inline(always)]
+fn gelu_derivative_f32(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let pdf = INV_SQRT_2PI * exp_f32(-0.5 * x * x);
+    super::normal_cdf_f32(x) + x * pdf
+}
+
+// The loop bodies, as `Kernel`s run through pulp's run-time dispatch: `vectorized` calls
+// them inside a function compiled for the CPU's best SIMD level (AVX-512, AVX2 + FMA, …),
+// into which their `#[inline(always)]` bodies are inlined, so the loops vectorise to its
+// width. Reductions go through `lanes` (fixed order, whatever the width).
+
+/// A loop body for [`vectorized`].
+trait Kernel {
+    fn run(self);
+}
+
+struct Dispatch<K>(K);
+
+impl<K: Kernel> WithSimd for Dispatch<K> {
+    type Output = ();
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _: S) {
+        self.0.run()
+    }
+}
+
+fn vectorized(kernel: impl Kernel) {
+    Arch::new().dispatch(Dispatch(kernel))
+}
+
+/// `Σ a[i] b[i]` over 8 interleaved accumulators (see [`lanes`]).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += x * y;
+        }
+    }
+    acc.iter().fold(rest, |s, a| s + a)
+}
+
+/// Softmax rows `first_row..` of `probs` (`[rows, seq]`) from `scores · scale + mask[b]`,
+/// `b` the row's sequence.
+struct SoftmaxRows<'a> {
+    probs: &'a mut [f32],
+    scores: &'a [f32],
+    mask: &'a [f32],
+    seq: usize,
+    first_row: usize,
+    rows_per_sequence: usize,
+    scale: f32,
+}
+
+impl Kernel for SoftmaxRows<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let seq = self.seq;
+        for (r, (p, s)) in self
+            .probs
+            .chunks_exact_mut(seq)
+            .zip(self.scores.chunks_exact(seq))
+            .enumerate()
+        {
+            let b = (self.first_row + r) / self.rows_per_sequence;
+            let mask = &self.mask[b * seq..(b + 1) * seq];
+            for ((p, s), m) in p.iter_mut().zip(s).zip(mask) {
+                *p = s * self.scale + m;
+            }
+            let max = lanes(p, f32::NEG_INFINITY, f32::max);
+            for p in p.iter_mut() {
+                *p = exp_f32(*p - max);
+            }
+            let inv = 1.0 / lanes(p, 0.0, |a, b| a + b);
+            for p in p.iter_mut() {
+                *p *= inv;
+            }
+        }
+    }
+}
+
+/// `out = scale · p ⊙ (g − Σⱼ gⱼ pⱼ)`, row by row.
+struct SoftmaxBackwardRows<'a> {
+    out: &'a mut [f32],
+    p: &'a [f32],
+    g: &'a [f32],
+    seq: usize,
+    scale: f32,
+}
+
+impl Kernel for SoftmaxBackwardRows<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let seq = self.seq;
+        for ((o, p), g) in self
+            .out
+            .chunks_exact_mut(seq)
+            .zip(self.p.chunks_exact(seq))
+            .zip(self.g.chunks_exact(seq))
+        {
+            let dot = dot(p, g);
+            for ((o, p), g) in o.iter_mut().zip(p).zip(g) {
+                *o = self.scale * p * (g - dot);
+            }
+        }
+    }
+}
+
+/// One row's `log Σ exp` and loss `lse − row[target]`.
+struct CrossEntropyRow<'a> {
+    lse: &'a mut f32,
+    loss: &'a mut f32,
+    row: &'a [f32],
+    target: usize,
+}
+
+impl Kernel for CrossEntropyRow<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let max = lanes(self.row, f32::NEG_INFINITY, f32::max);
+        let sum = fold_lanes(self.row, 0.0, |v| exp_f32(v - max), |a, b| a + b);
+        *self.lse = max + sum.ln();
+        *self.loss = *self.lse - self.row[self.target];
+    }
+}
+
+/// `out = g · (softmax(row) − onehot(target))`.
+struct CrossEntropyBackwardRow<'a> {
+    out: &'a mut [f32],
+    row: &'a [f32],
+    lse: f32,
+    target: usize,
+    g: f32,
+}
+
+impl Kernel for CrossEntropyBackwardRow<'_> {
+    #[inline(always)]
+    fn run(self) {
+        for (o, &v) in self.out.iter_mut().zip(self.row) {
+            *o = self.g * exp_f32(v - self.lse);
+        }
+        self.out[self.target] -= self.g;
+    }
+}
+
+/// `y = gelu(y)`.
+struct GeluChunk<'a> {
+    y: &'a mut [f32],
+}
+
+impl Kernel for GeluChunk<'_> {
+    #[inline(always)]
+    fn run(self) {
+        for v in self.y.iter_mut() {
+            *v = gelu_f32(*v);
+        }
+    }
+}
+
+/// `g = g · gelu'(x)`.
+struct GeluBackwardChunk<'a> {
+    g: &'a mut [f32],
+    x: &'a [f32],
+}
+
+impl Kernel for GeluBackwardChunk<'_> {
+    #[inline(always)]
+    fn run(self) {
+        for (g, &x) in self.g.iter_mut().zip(self.x) {
+            *g *= gelu_derivative_f32(x);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+    use burn::tensor::activation::{gelu as burn_gelu, log_softmax, softmax};
+
+    fn max_abs_diff(a: Tensor<Flex, 1>, b: Tensor<Flex, 1>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    fn flat<const D: usize>(t: Tensor<Flex, D>) -> Tensor<Flex, 1> {
+        let n = t.shape().num_elements();
+        t.reshape([n])
+    }
+
+    /// Value and gradient of `f` (fused) and `g` (Burn's ops) at `x`, weighted by `w` so that
+    /// every output element carries a different gradient.
+    fn compare<const D: usize, const R: usize>(
+        x: Tensor<Ad, D>,
+        w: Tensor<Ad, R>,
+        fused: impl Fn(Tensor<Ad, D>) -> Tensor<Ad, R>,
+        reference: impl Fn(Tensor<Ad, D>) -> Tensor<Ad, R>,
+    ) -> (f32, f32) {
+        let run = |f: &dyn Fn(Tensor<Ad, D>) -> Tensor<Ad, R>| {
+            let x = x.clone().detach().require_grad();
+            let y = f(x.clone());
+            let grads = (y.clone() * w.clone()).sum().backward();
+            (y.inner(), x.grad(&grads).expect("gradient"))
+        };
+        let (y1, g1) = run(&fused);
+        let (y2, g2) = run(&reference);
+        (
+            max_abs_diff(flat(y1), flat(y2)),
+            max_abs_diff(flat(g1), flat(g2)),
+        )
+    }
+
+    #[test]
+    fn masked_softmax_matches_burn_ops() {
+        let device = Default::default();
+        Ad::seed(&device, 11);
+        let (batch, heads, seq) = (3, 2, 37);
+        let scores = Tensor::<Ad, 4>::random(
+            [batch, heads, seq, seq],
+            Distribution::Normal(0.0, 3.0),
+            &device,
+        );
+        // Sequence b has 37 - 5b real tokens.
+        let mask: Vec<f32> = (0..batch)
+            .flat_map(|b| (0..seq).map(move |j| if j < seq - 5 * b { 0.0 } else { -10_000.0 }))
+            .collect();
+        let mask = Tensor::<Ad, 4>::from_data(TensorData::new(mask, [batch, 1, 1, seq]), &device);
+        let w = Tensor::<Ad, 4>::random(
+            [batch, heads, seq, seq],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let scale = 0.125;
+        let (dy, dg) = compare(
+            scores,
+            w,
+            |s| masked_softmax(s, mask.clone(), scale),
+            |s| softmax(s * scale + mask.clone(), 3),
+        );
+        assert!(dy < 1e-6, "probabilities differ by {dy}");
+        assert!(dg < 1e-6, "gradients differ by {dg}");
+    }
+
+    #[test]
+    fn cross_entropy_matches_burn_ops() {
+        let device = Default::default();
+        Ad::seed(&device, 12);
+        let (n, classes) = (29, 1_001);
+        let logits = Tensor::<Ad, 2>::random([n, classes], Distribution::Normal(0.0, 4.0), &device);
+        let targets: Vec<i64> = (0..n as i64).map(|r| (r * 347) % classes as i64).collect();
+        let targets = Tensor::<Ad, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+        let w = Tensor::<Ad, 1>::from_data([1.7f32], &device);
+        let (dy, dg) = compare(
+            logits,
+            w,
+            |x| cross_entropy(x, targets.clone()),
+            |x| {
+                log_softmax(x, 1)
+                    .gather(1, targets.clone().reshape([n, 1]))
+                    .mean()
+                    .neg()
+            },
+        );
+        assert!(dy < 1e-5, "losses differ by {dy}");
+        assert!(dg < 5e-7, "gradients differ by {dg}");
+    }
+
+    #[test]
+    fn gelu_matches_burn_ops() {
+        let device = Default::default();
+        Ad::seed(&device, 13);
+        let x = Tensor::<Ad, 3>::random([4, 33, 65], Distribution::Normal(0.0, 3.0), &device);
+        let w = Tensor::<Ad, 3>::random([4, 33, 65], Distribution::Normal(0.0, 1.0), &device);
+        let (dy, dg) = compare(x, w, gelu, burn_gelu);
+        assert!(dy < 1e-5, "values differ by {dy}");
+        assert!(dg < 1e-5, "gradients differ by {dg}");
+    }
+
+    #[test]
+    fn untracked_inputs_record_nothing() {
+        let device = Default::default();
+        let x = Tensor::<Ad, 2>::ones([2, 3], &device);
+        let y = gelu(x);
+        assert!(!y.is_require_grad());
+    }
+}
