@@ -227,19 +227,22 @@ impl<B: Backend> BertSelfAttention<B> {
         let [batch, seq, width] = hidden.dims();
         let heads = self.num_heads;
         let head_dim = width / heads;
+        #[cfg(feature = "flex")]
+        if kernels::train::active(&hidden) {
+            use kernels::train::{masked_softmax, merge_heads, split_heads};
+            let q = split_heads(dense(&self.query, hidden.clone()), heads);
+            let k = split_heads(dense(&self.key, hidden.clone()), heads);
+            let v = split_heads(dense(&self.value, hidden), heads);
+            let scale = 1.0 / (head_dim as f32).sqrt();
+            let probs = masked_softmax(q.matmul(k.transpose()), mask_bias, scale);
+            return merge_heads(self.dropout.forward(probs).matmul(v));
+        }
         let split = |x: Tensor<B, 3>| x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
         let q = split(dense(&self.query, hidden.clone()));
         let k = split(dense(&self.key, hidden.clone()));
         let v = split(dense(&self.value, hidden));
         let dtype = q.dtype();
         let scores = q.matmul(k.transpose());
-        #[cfg(feature = "flex")]
-        if kernels::train::active(&scores) {
-            let scale = 1.0 / (head_dim as f32).sqrt();
-            let probs = kernels::train::masked_softmax(scores, mask_bias, scale);
-            let probs = self.dropout.forward(probs);
-            return probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width]);
-        }
         let scores = scores / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
         // Softmax in f32 under mixed precision (as autocast), then back to the compute dtype.
         let probs = if dtype == DType::F32 {

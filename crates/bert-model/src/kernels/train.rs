@@ -176,6 +176,101 @@ impl Backward<Flex, 1> for MaskedSoftmax {
     }
 }
 
+/// `[batch_size, seq_length, heads · head_dim]` → contiguous `[batch_size, heads, seq_length,
+/// head_dim]` (`reshape` + `swap_dims(1, 2)`, copied in parallel once, instead of by each
+/// matmul that reads the strided view and again for the gradient). Backward:
+/// [`merge_heads`]. Call only where [`active`] holds.
+pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [batch, seq, width] = x.dims();
+    assert_eq!(
+        width % heads,
+        0,
+        "width {width} is not a multiple of {heads} heads"
+    );
+    let out = record(SplitHeads, to_ad(x), |x| {
+        let dims = [batch, heads, seq, width / heads];
+        (permute_heads(f32s(&x), dims, true), dims)
+    });
+    from_ad(out)
+}
+
+/// `[batch_size, heads, seq_length, head_dim]` → contiguous `[batch_size, seq_length,
+/// heads · head_dim]`, the inverse of [`split_heads`] (its backward). Call only where
+/// [`active`] holds.
+pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let dims = x.dims();
+    let out = record(MergeHeads, to_ad(x), |x| {
+        (permute_heads(f32s(&x), dims, false), dims)
+    });
+    from_ad(out)
+}
+
+/// Copies between `[b, t, h, d]` and `[b, h, t, d]` (`dims` = `[b, h, t, d]`): `split` reads
+/// the first layout and writes the second, else the reverse. Parallel over output blocks.
+fn permute_heads(x: &[f32], [batch, heads, seq, head_dim]: [usize; 4], split: bool) -> FlexTensor {
+    let width = heads * head_dim;
+    let mut out = vec![0f32; x.len()];
+    if head_dim > 0 && seq > 0 {
+        if split {
+            // Output block (b, h): [seq, head_dim], row t from x[b, t, h·d..].
+            out.par_chunks_mut(seq * head_dim)
+                .enumerate()
+                .for_each(|(bh, block)| {
+                    let (b, h) = (bh / heads, bh % heads);
+                    for (t, row) in block.chunks_exact_mut(head_dim).enumerate() {
+                        let src = (b * seq + t) * width + h * head_dim;
+                        row.copy_from_slice(&x[src..src + head_dim]);
+                    }
+                });
+        } else {
+            // Output row (b, t): [width], head h from x[b, h, t, ..].
+            out.par_chunks_mut(width).enumerate().for_each(|(bt, row)| {
+                let (b, t) = (bt / seq, bt % seq);
+                for (h, dst) in row.chunks_exact_mut(head_dim).enumerate() {
+                    let src = ((b * heads + h) * seq + t) * head_dim;
+                    dst.copy_from_slice(&x[src..src + head_dim]);
+                }
+            });
+        }
+    }
+    let shape = if split {
+        Shape::new([batch, heads, seq, head_dim])
+    } else {
+        Shape::new([batch, seq, width])
+    };
+    flex(out, shape)
+}
+
+#[derive(Debug)]
+struct SplitHeads;
+
+impl Backward<Flex, 1> for SplitHeads {
+    /// The output's dimensions `[b, h, t, d]`.
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dims = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            permute_heads(f32s(&grad.to_contiguous()), dims, false)
+        });
+    }
+}
+
+#[derive(Debug)]
+struct MergeHeads;
+
+impl Backward<Flex, 1> for MergeHeads {
+    /// The input's dimensions `[b, h, t, d]`.
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dims = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
+            permute_heads(f32s(&grad.to_contiguous()), dims, true)
+        });
+    }
+}
+
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets` `[n]` (class ids), as a
 /// `[1]` tensor: `mean_r(logsumexp(logits_r) − logits_r[target_r])`. Only the logits are
 /// differentiated: `dlogits = dloss / n · (softmax(logits) − onehot(target))`. Panics on a
@@ -592,6 +687,34 @@ mod tests {
         let (dy, dg) = compare(x, w, gelu, burn_gelu);
         assert!(dy < 1e-5, "values differ by {dy}");
         assert!(dg < 1e-5, "gradients differ by {dg}");
+    }
+
+    #[test]
+    fn split_and_merge_heads_match_burn_ops() {
+        let device = Default::default();
+        Ad::seed(&device, 14);
+        let (batch, seq, heads, head_dim) = (3, 7, 4, 5);
+        let x = Tensor::<Ad, 3>::random(
+            [batch, seq, heads * head_dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let w = Tensor::<Ad, 4>::random(
+            [batch, heads, seq, head_dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let split = |x: Tensor<Ad, 3>| x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+        let (dy, dg) = compare(x.clone(), w, |x| split_heads(x, heads), split);
+        assert_eq!((dy, dg), (0.0, 0.0));
+        // merge ∘ split is the identity, and its gradient passes through unchanged.
+        let w = Tensor::<Ad, 3>::random(
+            [batch, seq, heads * head_dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let (dy, dg) = compare(x, w, |x| merge_heads(split_heads(x, heads)), |x| x * 1.0);
+        assert_eq!((dy, dg), (0.0, 0.0));
     }
 
     #[test]
