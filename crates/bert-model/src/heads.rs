@@ -6,12 +6,13 @@
 //! embeddings: it has no weight of its own, only a bias (`cls.predictions.bias`).
 
 use burn::module::{Module, Param};
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::dropout::Dropout;
+use crate::layer_norm::LayerNorm;
 use crate::model::{
     BertInput, BertModel, BertModelOutput, activation, dropout, init_layer_norm, init_linear,
 };
@@ -45,10 +46,8 @@ impl<B: Backend> BertPredictionHeadTransform<B> {
 
     /// `[..., H]` → `[..., H]`.
     pub fn forward<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        crate::model::layer_norm(
-            &self.layer_norm,
-            activation(self.act, self.dense.forward(hidden)),
-        )
+        self.layer_norm
+            .forward(activation(self.act, self.dense.forward(hidden)))
     }
 }
 

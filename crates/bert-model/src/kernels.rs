@@ -186,7 +186,9 @@ mod flex {
 
     use std::any::{Any, TypeId};
 
-    use burn::nn::{LayerNorm, Linear};
+    use burn::nn::Linear;
+
+    use crate::layer_norm::LayerNorm;
     use burn::tensor::backend::Backend;
     use burn::tensor::{Shape, Tensor, TensorData, TensorPrimitive};
     use burn_flex::FlexTensor;

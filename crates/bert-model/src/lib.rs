@@ -37,6 +37,7 @@ pub mod dropout;
 pub mod error;
 pub mod heads;
 pub mod kernels;
+pub mod layer_norm;
 pub mod loss;
 pub mod model;
 pub mod precision;

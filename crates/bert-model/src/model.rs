@@ -9,7 +9,7 @@
 //! checkpoint is the single source of every hyper-parameter.
 
 use burn::module::{Module, Param};
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Embedding, Linear};
 use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Int, Tensor};
@@ -18,6 +18,7 @@ use crate::config::{BertConfig, HiddenAct};
 use crate::dropout::{Dropout, DropoutConfig};
 #[cfg(feature = "flex")]
 use crate::kernels;
+use crate::layer_norm::{LayerNorm, LayerNormConfig};
 
 /// A linear layer initialised as in HF BERT: weight `N(0, initializer_range)`, bias zero.
 pub(crate) fn init_linear<B: Backend>(
@@ -40,13 +41,9 @@ pub(crate) fn init_linear<B: Backend>(
 /// replica) is initialised in the clone only, so the first training step of a new model would
 /// get no gradient for it: the parameters are made here, as every other one.
 pub(crate) fn init_layer_norm<B: Backend>(config: &BertConfig, device: &B::Device) -> LayerNorm<B> {
-    let h = config.hidden_size;
-    let mut layer_norm = LayerNormConfig::new(h)
+    LayerNormConfig::new(config.hidden_size)
         .with_epsilon(config.layer_norm_eps)
-        .init(device);
-    layer_norm.gamma = Param::from_tensor(Tensor::ones([h], device));
-    layer_norm.beta = Some(Param::from_tensor(Tensor::zeros([h], device)));
-    layer_norm
+        .init(device)
 }
 
 fn init_embedding<B: Backend>(
@@ -90,21 +87,6 @@ pub fn activation<B: Backend, const D: usize>(act: HiddenAct, x: Tensor<B, D>) -
         HiddenAct::GeluTanh => gelu_approximate(x),
         HiddenAct::Relu => burn::tensor::activation::relu(x),
         HiddenAct::Silu => x.clone() * sigmoid(x),
-    }
-}
-
-/// LayerNorm in the dtype of its own parameters: mixed-precision training keeps LayerNorm's
-/// weights (and so its statistics) in f32 while the rest computes in bf16/f16, as PyTorch's
-/// autocast does. With one dtype throughout this is plain `layer_norm.forward(x)`.
-pub fn layer_norm<B: Backend, const D: usize>(
-    layer_norm: &LayerNorm<B>,
-    x: Tensor<B, D>,
-) -> Tensor<B, D> {
-    let (own, input) = (layer_norm.gamma.val().dtype(), x.dtype());
-    if own == input {
-        layer_norm.forward(x)
-    } else {
-        layer_norm.forward(x.cast(own)).cast(input)
     }
 }
 
@@ -174,7 +156,7 @@ impl<B: Backend> BertEmbeddings<B> {
         let x = self.word_embeddings.forward(input_ids)
             + self.token_type_embeddings.forward(token_type_ids)
             + self.position_embeddings.forward(positions);
-        self.dropout.forward(layer_norm(&self.layer_norm, x))
+        self.dropout.forward(self.layer_norm.forward(x))
     }
 }
 
@@ -289,7 +271,7 @@ impl<B: Backend> BertSelfOutput<B> {
             return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
         }
         let x = self.dropout.forward(dense(&self.dense, hidden));
-        layer_norm(&self.layer_norm, x + residual)
+        self.layer_norm.forward(x + residual)
     }
 }
 
@@ -387,7 +369,7 @@ impl<B: Backend> BertOutput<B> {
             return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
         }
         let x = self.dropout.forward(dense(&self.dense, hidden));
-        layer_norm(&self.layer_norm, x + residual)
+        self.layer_norm.forward(x + residual)
     }
 }
 

@@ -271,6 +271,141 @@ impl Backward<Flex, 1> for MergeHeads {
     }
 }
 
+/// LayerNorm over the last dimension: `(x − mean) / √(var + epsilon) · gamma + beta`, `x` of
+/// any rank `[..., width]`, `gamma` and `beta` `[width]`. Backward, per row with
+/// `ĝ = dy ⊙ gamma`: `dx = (ĝ − mean(ĝ) − x̂ mean(ĝ ⊙ x̂)) / √(var + epsilon)`; over rows:
+/// `dgamma = Σ dy ⊙ x̂`, `dbeta = Σ dy`. Call only where [`active`] holds.
+pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    let [width] = gamma.dims();
+    assert_eq!(x.dims()[D - 1], width, "LayerNorm width");
+    let beta = beta.unwrap_or_else(|| gamma.zeros_like());
+    let x = to_ad(x).into_primitive().tensor();
+    let gamma = to_ad(gamma).into_primitive().tensor();
+    let beta = to_ad(beta).into_primitive().tensor();
+    let shape = x.primitive.layout().shape().clone();
+    let (xs, gs, bs) = (
+        x.primitive.to_contiguous(),
+        gamma.primitive.to_contiguous(),
+        beta.primitive.to_contiguous(),
+    );
+    let n = shape.num_elements();
+    let rows = n.checked_div(width).unwrap_or(0);
+    let (mut y, mut xhat, mut rstd) = (vec![0f32; n], vec![0f32; n], vec![0f32; rows]);
+    if width > 0 {
+        let chunk = ROWS_PER_TASK * width;
+        y.par_chunks_mut(chunk)
+            .zip(xhat.par_chunks_mut(chunk))
+            .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+            .zip(f32s(&xs).par_chunks(chunk))
+            .for_each(|(((y, xhat), rstd), x)| {
+                vectorized(LayerNormRows {
+                    y,
+                    xhat,
+                    rstd,
+                    x,
+                    gamma: f32s(&gs),
+                    beta: f32s(&bs),
+                    epsilon: epsilon as f32,
+                })
+            });
+    }
+    let y = flex(y, shape.clone());
+    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let out = match LayerNormOp
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let state = LayerNormState {
+                xhat: flex(xhat, shape),
+                rstd,
+                gamma: gs,
+            };
+            prep.finish(state, y)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_ad(Tensor::from_primitive(TensorPrimitive::Float(out)))
+}
+
+#[derive(Debug)]
+struct LayerNormOp;
+
+#[derive(Debug, Clone)]
+struct LayerNormState {
+    /// The normalised input `(x − mean) / √(var + epsilon)`.
+    xhat: FlexTensor,
+    /// `1 / √(var + epsilon)` per row.
+    rstd: Vec<f32>,
+    gamma: FlexTensor,
+}
+
+impl Backward<Flex, 3> for LayerNormOp {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        let LayerNormState { xhat, rstd, gamma } = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let (g, xh, gm) = (f32s(&grad), f32s(&xhat), f32s(&gamma));
+        let width = gm.len();
+        if width == 0 {
+            return;
+        }
+        let chunk = ROWS_PER_TASK * width;
+        if let Some(node) = x_node {
+            let mut dx = vec![0f32; g.len()];
+            dx.par_chunks_mut(chunk)
+                .zip(g.par_chunks(chunk))
+                .zip(xh.par_chunks(chunk))
+                .zip(rstd.par_chunks(ROWS_PER_TASK))
+                .for_each(|(((dx, g), xhat), rstd)| {
+                    vectorized(LayerNormBackwardRows {
+                        dx,
+                        g,
+                        xhat,
+                        rstd,
+                        gamma: gm,
+                    })
+                });
+            grads.register::<Flex>(node.id, flex(dx, xhat.layout().shape().clone()));
+        }
+        if gamma_node.is_some() || beta_node.is_some() {
+            // Per task: [Σ dy ⊙ x̂ | Σ dy] over its rows, then the tasks' sums in order.
+            let sums = g
+                .par_chunks(chunk)
+                .zip(xh.par_chunks(chunk))
+                .map(|(g, xhat)| {
+                    let mut sums = vec![0f32; 2 * width];
+                    vectorized(ColumnSums {
+                        sums: &mut sums,
+                        g,
+                        xhat,
+                    });
+                    sums
+                })
+                .collect::<Vec<_>>();
+            let mut total = vec![0f32; 2 * width];
+            for s in &sums {
+                total.iter_mut().zip(s).for_each(|(t, s)| *t += s);
+            }
+            let dbeta = total.split_off(width);
+            if let Some(node) = gamma_node {
+                grads.register::<Flex>(node.id, flex(total, Shape::new([width])));
+            }
+            if let Some(node) = beta_node {
+                grads.register::<Flex>(node.id, flex(dbeta, Shape::new([width])));
+            }
+        }
+    }
+}
+
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets` `[n]` (class ids), as a
 /// `[1]` tensor: `mean_r(logsumexp(logits_r) − logits_r[target_r])`. Only the logits are
 /// differentiated: `dlogits = dloss / n · (softmax(logits) − onehot(target))`. Panics on a
@@ -586,11 +721,111 @@ impl Kernel for GeluBackwardChunk<'_> {
     }
 }
 
+/// LayerNorm forward on whole rows: `y`, `xhat` (normalised input), `rstd` per row.
+struct LayerNormRows<'a> {
+    y: &'a mut [f32],
+    xhat: &'a mut [f32],
+    rstd: &'a mut [f32],
+    x: &'a [f32],
+    gamma: &'a [f32],
+    beta: &'a [f32],
+    epsilon: f32,
+}
+
+impl Kernel for LayerNormRows<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let width = self.gamma.len();
+        let inv_width = 1.0 / width as f32;
+        for (((y, xhat), rstd), x) in self
+            .y
+            .chunks_exact_mut(width)
+            .zip(self.xhat.chunks_exact_mut(width))
+            .zip(self.rstd.iter_mut())
+            .zip(self.x.chunks_exact(width))
+        {
+            let mean = lanes(x, 0.0, |a, b| a + b) * inv_width;
+            let var = fold_lanes(x, 0.0, |v| (v - mean) * (v - mean), |a, b| a + b) * inv_width;
+            *rstd = 1.0 / (var + self.epsilon).sqrt();
+            for ((((y, xh), &v), g), b) in y
+                .iter_mut()
+                .zip(xhat.iter_mut())
+                .zip(x)
+                .zip(self.gamma)
+                .zip(self.beta)
+            {
+                *xh = (v - mean) * *rstd;
+                *y = *xh * g + b;
+            }
+        }
+    }
+}
+
+/// `dx` of LayerNorm, row by row (see [`layer_norm`]).
+struct LayerNormBackwardRows<'a> {
+    dx: &'a mut [f32],
+    g: &'a [f32],
+    xhat: &'a [f32],
+    rstd: &'a [f32],
+    gamma: &'a [f32],
+}
+
+impl Kernel for LayerNormBackwardRows<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let width = self.gamma.len();
+        let inv_width = 1.0 / width as f32;
+        for (((dx, g), xhat), &rstd) in self
+            .dx
+            .chunks_exact_mut(width)
+            .zip(self.g.chunks_exact(width))
+            .zip(self.xhat.chunks_exact(width))
+            .zip(self.rstd)
+        {
+            // ĝ = g ⊙ gamma, written into dx first.
+            for ((d, g), gm) in dx.iter_mut().zip(g).zip(self.gamma) {
+                *d = g * gm;
+            }
+            let mean_g = lanes(dx, 0.0, |a, b| a + b) * inv_width;
+            let mean_gx = dot(dx, xhat) * inv_width;
+            for (d, xh) in dx.iter_mut().zip(xhat) {
+                *d = (*d - mean_g - xh * mean_gx) * rstd;
+            }
+        }
+    }
+}
+
+/// `sums[..w] += Σ_rows g ⊙ xhat`, `sums[w..] += Σ_rows g`.
+struct ColumnSums<'a> {
+    sums: &'a mut [f32],
+    g: &'a [f32],
+    xhat: &'a [f32],
+}
+
+impl Kernel for ColumnSums<'_> {
+    #[inline(always)]
+    fn run(self) {
+        let width = self.sums.len() / 2;
+        let (dgamma, dbeta) = self.sums.split_at_mut(width);
+        for (g, xhat) in self
+            .g
+            .chunks_exact(width)
+            .zip(self.xhat.chunks_exact(width))
+        {
+            for (((dg, db), g), xh) in dgamma.iter_mut().zip(dbeta.iter_mut()).zip(g).zip(xhat) {
+                *dg += g * xh;
+                *db += g;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
     use burn::tensor::activation::{gelu as burn_gelu, log_softmax, softmax};
+    use burn::tensor::ops::ModuleOps;
 
     fn max_abs_diff(a: Tensor<Flex, 1>, b: Tensor<Flex, 1>) -> f32 {
         (a - b).abs().max().into_scalar()
@@ -715,6 +950,54 @@ mod tests {
         );
         let (dy, dg) = compare(x, w, |x| merge_heads(split_heads(x, heads)), |x| x * 1.0);
         assert_eq!((dy, dg), (0.0, 0.0));
+    }
+
+    #[test]
+    fn layer_norm_matches_burn_ops() {
+        let device = Default::default();
+        Ad::seed(&device, 15);
+        let width = 67;
+        let x = Tensor::<Ad, 3>::random([5, 13, width], Distribution::Normal(0.5, 2.0), &device);
+        let w = Tensor::<Ad, 3>::random([5, 13, width], Distribution::Normal(0.0, 1.0), &device);
+        let gamma = Tensor::<Ad, 1>::random([width], Distribution::Normal(1.0, 0.3), &device)
+            .require_grad();
+        let beta = Tensor::<Ad, 1>::random([width], Distribution::Normal(0.0, 0.3), &device)
+            .require_grad();
+        let reference = |x: Tensor<Ad, 3>, gamma: Tensor<Ad, 1>, beta: Tensor<Ad, 1>| {
+            Tensor::from_primitive(TensorPrimitive::Float(Ad::layer_norm(
+                x.into_primitive().tensor(),
+                gamma.into_primitive().tensor(),
+                Some(beta.into_primitive().tensor()),
+                1e-12,
+            )))
+        };
+        // x's value and gradient.
+        let (dy, dg) = compare(
+            x.clone(),
+            w.clone(),
+            |x| layer_norm(x, gamma.clone(), Some(beta.clone()), 1e-12),
+            |x| reference(x, gamma.clone(), beta.clone()),
+        );
+        assert!(dy < 1e-5, "values differ by {dy}");
+        assert!(dg < 1e-5, "input gradients differ by {dg}");
+        // gamma's and beta's gradients.
+        let params = |fused: bool| {
+            let (gamma, beta) = (
+                gamma.clone().detach().require_grad(),
+                beta.clone().detach().require_grad(),
+            );
+            let y = if fused {
+                layer_norm(x.clone(), gamma.clone(), Some(beta.clone()), 1e-12)
+            } else {
+                reference(x.clone(), gamma.clone(), beta.clone())
+            };
+            let grads = (y * w.clone()).sum().backward();
+            let g = |t: &Tensor<Ad, 1>| t.grad(&grads).expect("gradient");
+            (g(&gamma), g(&beta))
+        };
+        let ((g1, b1), (g2, b2)) = (params(true), params(false));
+        assert!(max_abs_diff(g1, g2) < 1e-4, "gamma gradients differ");
+        assert!(max_abs_diff(b1, b2) < 1e-4, "beta gradients differ");
     }
 
     #[test]
