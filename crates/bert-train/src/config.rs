@@ -86,6 +86,12 @@ pub struct TrainingSection {
     /// Stop after this many evaluations without a better `metric_for_best` (off when unset).
     #[serde(default)]
     pub early_stopping_patience: Option<u64>,
+    /// Fine-tuning: batch examples of similar length together (as transformers'
+    /// `group_by_length`): each epoch's shuffled order is cut into mega-batches of up to 50
+    /// batches, each sorted longest first, the longest mega-batch's head moved to the front.
+    /// Less padding per batch; the order stays seeded.
+    #[serde(default)]
+    pub group_by_length: bool,
 }
 
 /// `training.precision`.

@@ -187,7 +187,7 @@ pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B
         0,
         "width {width} is not a multiple of {heads} heads"
     );
-    let out = record(SplitHeads, to_ad(x), |x| {
+    let out = record(PermuteHeads { split: true }, to_ad(x), |x| {
         let dims = [batch, heads, seq, width / heads];
         (permute_heads(f32s(&x), dims, true), dims)
     });
@@ -199,7 +199,7 @@ pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B
 /// [`active`] holds.
 pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let dims = x.dims();
-    let out = record(MergeHeads, to_ad(x), |x| {
+    let out = record(PermuteHeads { split: false }, to_ad(x), |x| {
         (permute_heads(f32s(&x), dims, false), dims)
     });
     from_ad(out)
@@ -241,32 +241,20 @@ fn permute_heads(x: &[f32], [batch, heads, seq, head_dim]: [usize; 4], split: bo
     flex(out, shape)
 }
 
+/// [`split_heads`] (`split`) or [`merge_heads`]; the backward permutes the other way.
 #[derive(Debug)]
-struct SplitHeads;
-
-impl Backward<Flex, 1> for SplitHeads {
-    /// The output's dimensions `[b, h, t, d]`.
-    type State = [usize; 4];
-
-    fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dims = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            permute_heads(f32s(&grad.to_contiguous()), dims, false)
-        });
-    }
+struct PermuteHeads {
+    split: bool,
 }
 
-#[derive(Debug)]
-struct MergeHeads;
-
-impl Backward<Flex, 1> for MergeHeads {
-    /// The input's dimensions `[b, h, t, d]`.
+impl Backward<Flex, 1> for PermuteHeads {
+    /// The split layout's dimensions `[b, h, t, d]`.
     type State = [usize; 4];
 
     fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dims = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            permute_heads(f32s(&grad.to_contiguous()), dims, true)
+            permute_heads(f32s(&grad.to_contiguous()), dims, !self.split)
         });
     }
 }

@@ -111,7 +111,10 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         setup,
         model,
         &config,
-        train_rows.len(),
+        &train_rows
+            .iter()
+            .map(|r| r.pairs.iter().map(|p| p.0.len()).max().unwrap_or(0))
+            .collect::<Vec<_>>(),
         "accuracy",
         |model, idx, device| {
             let rows: Vec<&Row> = idx.iter().map(|&i| &train_rows[i]).collect();

@@ -352,14 +352,15 @@ fn higher_is_better(metric: &str) -> bool {
     !(metric.contains("loss") || metric == "mse")
 }
 
-/// The training loop shared by every task. `loss` computes one micro-batch from training row
+/// The training loop shared by every task. `lengths` are the training rows' token counts
+/// (a multiple-choice row: its longest pair); `loss` computes one micro-batch from training row
 /// indices; `evaluate` returns the dev metrics (a JSON object) of the inference model.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fit<B, M>(
     setup: &Setup,
     model: M,
     head_config: &BertConfig,
-    n_train: usize,
+    lengths: &[usize],
     main_metric: &str,
     loss: impl Fn(&M, &[usize], &Device<B>) -> Result<BatchLoss<B>> + Sync,
     evaluate: impl Fn(&M::InnerModule) -> Result<serde_json::Value>,
@@ -384,11 +385,43 @@ where
             setup,
             model,
             head_config,
-            n_train,
+            lengths,
             main_metric,
             &evaluate,
         )
     })
+}
+
+/// The order of the training rows in `epoch`: a seeded shuffle and, with `group_by_length`,
+/// transformers' length grouping (`get_length_grouped_indices`): mega-batches of
+/// `min(n / (4 · batch_size), 50)` batches (at least one), each sorted longest first, and the
+/// first row of the mega-batch holding the longest row swapped with the very first row.
+fn epoch_order(
+    lengths: &[usize],
+    seed: u64,
+    epoch: u64,
+    batch_size: usize,
+    group_by_length: bool,
+) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(&[
+        seed, epoch, 7,
+    ])));
+    if !group_by_length || order.is_empty() {
+        return order;
+    }
+    let batch_size = batch_size.max(1);
+    let mega = (lengths.len() / (4 * batch_size)).clamp(1, 50) * batch_size;
+    for chunk in order.chunks_mut(mega) {
+        // Stable, so ties keep the shuffled order.
+        chunk.sort_by_key(|&i| std::cmp::Reverse(lengths[i]));
+    }
+    let longest = (0..order.len())
+        .step_by(mega)
+        .max_by_key(|&start| (lengths[order[start]], std::cmp::Reverse(start)))
+        .unwrap_or(0);
+    order.swap(0, longest);
+    order
 }
 
 /// A fine-tuning replica's step: forward and backward of its micro-batches (lists of training
@@ -449,7 +482,7 @@ fn fit_on<'scope, B, M, F>(
     setup: &Setup,
     model: M,
     head_config: &BertConfig,
-    n_train: usize,
+    lengths: &[usize],
     main_metric: &str,
     evaluate: &impl Fn(&M::InnerModule) -> Result<serde_json::Value>,
 ) -> Result<()>
@@ -463,6 +496,7 @@ where
     let config = &setup.config;
     let training = &config.training;
     let out = &config.output.dir;
+    let n_train = lengths.len();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_atomically(
         &out.join("config.toml"),
@@ -537,10 +571,7 @@ where
             }
             epoch = b / batches_per_epoch;
             if order.0 != epoch {
-                let mut o: Vec<usize> = (0..n_train).collect();
-                o.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(derive_seed(&[
-                    seed, epoch, 7,
-                ])));
+                let o = epoch_order(lengths, seed, epoch, batch_size, training.group_by_length);
                 order = (epoch, o);
             }
             let start = (b % batches_per_epoch) as usize * batch_size;
@@ -899,4 +930,65 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::epoch_order;
+
+    /// Padded tokens of the batches of `order` (each batch padded to its longest row).
+    fn padded(order: &[usize], lengths: &[usize], batch_size: usize) -> usize {
+        order
+            .chunks(batch_size)
+            .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap_or(0))
+            .sum()
+    }
+
+    #[test]
+    fn group_by_length_sorts_mega_batches_and_puts_the_longest_row_first() {
+        // 1,000 rows of pseudo-random lengths 5..=132; batch 8 → mega-batches of 31 · 8 = 248.
+        let lengths: Vec<usize> = (0..1000u64)
+            .map(|i| 5 + ((i * 7919) % 128) as usize)
+            .collect();
+        let (batch, mega) = (8, 248);
+        for epoch in 0..3 {
+            let plain = epoch_order(&lengths, 42, epoch, batch, false);
+            let grouped = epoch_order(&lengths, 42, epoch, batch, true);
+            assert_eq!(
+                grouped,
+                epoch_order(&lengths, 42, epoch, batch, true),
+                "seeded"
+            );
+            let mut sorted = grouped.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..1000).collect::<Vec<_>>(), "a permutation");
+            // The same rows in each mega-batch as the plain shuffle, longest first.
+            for (g, p) in grouped.chunks(mega).zip(plain.chunks(mega)).skip(1) {
+                let (mut a, mut b) = (g.to_vec(), p.to_vec());
+                a.sort_unstable();
+                b.sort_unstable();
+                assert_eq!(a, b);
+            }
+            let first = grouped[0];
+            assert_eq!(lengths[first], 132, "the longest row leads");
+            let skip_swapped =
+                |c: &[usize]| c[1..].windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]);
+            assert!(
+                grouped.chunks(mega).all(skip_swapped),
+                "sorted longest first"
+            );
+            // Far less padding than the plain shuffle.
+            let (pg, pp) = (
+                padded(&grouped, &lengths, batch),
+                padded(&plain, &lengths, batch),
+            );
+            assert!(pg * 10 < pp * 8, "padded tokens {pg} vs {pp}");
+        }
+        // Off: the plain seeded shuffle, different per epoch.
+        assert_ne!(
+            epoch_order(&lengths, 42, 0, batch, false),
+            epoch_order(&lengths, 42, 1, batch, false)
+        );
+        assert!(epoch_order(&[], 1, 0, 8, true).is_empty());
+    }
 }

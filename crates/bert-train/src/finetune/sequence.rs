@@ -207,7 +207,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         setup,
         model,
         &config,
-        train_rows.len(),
+        &train_rows.iter().map(|r| r.ids.len()).collect::<Vec<_>>(),
         main,
         |model, idx, device| {
             let rows: Vec<&Row> = idx.iter().map(|&i| &train_rows[i]).collect();

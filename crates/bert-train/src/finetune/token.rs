@@ -199,7 +199,10 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         setup,
         model,
         &config,
-        train_features.len(),
+        &train_features
+            .iter()
+            .map(|r| r.encoding.len())
+            .collect::<Vec<_>>(),
         "f1",
         |model, idx, device| {
             let rows: Vec<&TokenClassificationFeature> =
