@@ -443,9 +443,7 @@ fn train<B: AutodiffBackend>(
         let mut metrics = rundir::Metrics::open(out)?;
         let interrupted = rundir::interrupt_flag();
         let total = config.training.max_steps;
-        let progress = crate::progress::bar(total, "pretraining");
-        progress.set_position(state.step);
-        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let progress = crate::progress::TrainingProgress::new(total, state.step, "pretraining");
         let started = Instant::now();
         let mut window_tokens = 0usize;
         let mut window_start = Instant::now();
@@ -513,10 +511,7 @@ fn train<B: AutodiffBackend>(
             state.examples += batch_rows as u64;
             state.stream = position;
             window_tokens += batch_tokens;
-            progress.inc(1);
-            if tty {
-                progress.set_message(format!("pretraining loss {:.3}", stats.loss));
-            }
+            progress.step(stats.loss);
             let epoch = state.stream.epoch;
             if state
                 .step
@@ -533,8 +528,8 @@ fn train<B: AutodiffBackend>(
                 // prefetch worker keeps up).
                 line["data_wait_fraction"] =
                     serde_json::json!(batches.take_waited().as_secs_f64() / secs.max(1e-9));
-                if !tty {
-                    eprintln!(
+                progress.log(|| {
+                    format!(
                         "step {}/{total} loss {:.4} mlm_acc {:.3} lr {:.2e} {:.0} tok/s, data wait {:.1}%",
                         state.step,
                         stats.loss,
@@ -542,8 +537,8 @@ fn train<B: AutodiffBackend>(
                         lr,
                         line["tokens_per_second"].as_f64().unwrap_or(0.0),
                         100.0 * line["data_wait_fraction"].as_f64().unwrap_or(0.0)
-                    );
-                }
+                    )
+                });
                 metrics.write(&line)?;
                 window_tokens = 0;
                 window_start = Instant::now();
@@ -575,11 +570,7 @@ fn train<B: AutodiffBackend>(
                     s.mlm_loss,
                     s.mlm_correct as f64 / s.mlm_count.max(1) as f64
                 );
-                if tty {
-                    progress.println(line);
-                } else {
-                    eprintln!("{line}");
-                }
+                progress.say(line);
             }
             let save_now = rundir::due(config.training.save_every_steps, state.step);
             let stop = rundir::stop_requested(&interrupted, &config.training, state.step, total);
@@ -595,7 +586,7 @@ fn train<B: AutodiffBackend>(
                 )?;
             }
             if stop {
-                progress.finish_and_clear();
+                progress.finish();
                 eprintln!(
                     "stopped: checkpoint saved at step {}; continue with --resume",
                     state.step
@@ -603,7 +594,7 @@ fn train<B: AutodiffBackend>(
                 return Ok(());
             }
         }
-        progress.finish_and_clear();
+        progress.finish();
         let final_dir = out.join("final");
         save_pretrained(&model.valid(), &bert_config, &final_dir)?;
         tokenizer.save(&final_dir)?;

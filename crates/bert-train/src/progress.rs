@@ -13,3 +13,54 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     bar.set_message(what.to_string());
     bar
 }
+
+/// A training loop's progress: on a terminal, a bar showing the latest loss with messages
+/// printed above it; on a pipe, no bar, the periodic train lines and messages as plain lines.
+pub struct TrainingProgress {
+    bar: ProgressBar,
+    tty: bool,
+    what: &'static str,
+}
+
+impl TrainingProgress {
+    /// Steps `start..total` of `what` ("pretraining", "fine-tuning").
+    pub fn new(total: u64, start: u64, what: &'static str) -> Self {
+        let bar = bar(total, what);
+        bar.set_position(start);
+        Self {
+            bar,
+            tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            what,
+        }
+    }
+
+    /// One step done, ending at `loss`.
+    pub fn step(&self, loss: f64) {
+        self.bar.inc(1);
+        if self.tty {
+            self.bar
+                .set_message(format!("{} loss {loss:.4}", self.what));
+        }
+    }
+
+    /// A periodic train line: a plain line on a pipe, nothing on a terminal (the bar has it).
+    pub fn log(&self, line: impl FnOnce() -> String) {
+        if !self.tty {
+            eprintln!("{}", line());
+        }
+    }
+
+    /// A message (an evaluation, a saved best): above the bar, or a plain line.
+    pub fn say(&self, line: String) {
+        if self.tty {
+            self.bar.println(line);
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

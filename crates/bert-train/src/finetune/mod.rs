@@ -532,16 +532,7 @@ where
     }
     let mut metrics = rundir::Metrics::open(out)?;
     let interrupted = rundir::interrupt_flag();
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = crate::progress::bar(total, "fine-tuning");
-    progress.set_position(state.step);
-    let say = |line: String| {
-        if tty {
-            progress.println(line);
-        } else {
-            eprintln!("{line}");
-        }
-    };
+    let progress = crate::progress::TrainingProgress::new(total, state.step, "fine-tuning");
     eprintln!(
         "fine-tuning {} ({:.1}M parameters) on {n_train} examples: steps {}..{total}, {} per step",
         head_config
@@ -608,10 +599,7 @@ where
             return Err(rundir::diverged(step_loss, step + 1, out));
         }
         state.step += 1;
-        progress.inc(1);
-        if tty {
-            progress.set_message(format!("fine-tuning loss {step_loss:.4}"));
-        }
+        progress.step(step_loss);
         if state.step.is_multiple_of(training.log_every_steps.max(1)) || state.step == total {
             let secs = window.1.elapsed().as_secs_f64().max(1e-9);
             metrics.write(&serde_json::json!({
@@ -619,13 +607,13 @@ where
                 "lr": stats.lr, "grad_norm": stats.grad_norm,
                 "tokens_per_second": window.0 as f64 / secs,
             }))?;
-            if !tty {
-                eprintln!(
+            progress.log(|| {
+                format!(
                     "step {}/{total} loss {step_loss:.4} lr {lr:.2e} {:.0} tok/s",
                     state.step,
                     window.0 as f64 / secs
-                );
-            }
+                )
+            });
             window = (0, Instant::now());
         }
         let eval_now = rundir::due(training.eval_every_steps, state.step);
@@ -639,7 +627,7 @@ where
             m["step"] = state.step.into();
             m["epoch"] = epoch.into();
             metrics.write(&m)?;
-            say(format!("eval at step {}: {m}", state.step));
+            progress.say(format!("eval at step {}: {m}", state.step));
             let value = m[&metric].as_f64().with_context(|| {
                 format!("training.metric_for_best: the dev metrics have no {metric:?}")
             })?;
@@ -669,7 +657,7 @@ where
                 && state.evals_without_improvement >= patience
                 && state.step < total
             {
-                say(format!(
+                progress.say(format!(
                     "early stopping at step {}: {metric} has not improved on {} (step {}) for {patience} evaluations",
                     state.step,
                     state.best.unwrap_or(f64::NAN),
@@ -692,7 +680,7 @@ where
             )?;
         }
         if stop && !early_stop {
-            progress.finish_and_clear();
+            progress.finish();
             eprintln!(
                 "stopped: checkpoint saved at step {}; continue with --resume",
                 state.step
@@ -703,7 +691,7 @@ where
             break;
         }
     }
-    progress.finish_and_clear();
+    progress.finish();
     let mut eval = state.last_eval.clone();
     if let Some(obj) = eval.as_object_mut() {
         obj.remove("split");
