@@ -68,6 +68,15 @@ pub fn active<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
 #[cfg(feature = "flex")]
 pub(crate) mod train;
 
+/// `x` as `U`, which it is where the kernels run (a tensor or primitive of a generic backend
+/// that is flex, or autodiff over flex): moved through `Any`, not copied. Panics with `what`
+/// otherwise (callers check [`active`] or `train::active` first).
+#[cfg(feature = "flex")]
+fn retype<T: std::any::Any, U: std::any::Any>(x: T, what: &str) -> U {
+    let any: Box<dyn std::any::Any> = Box::new(x);
+    *any.downcast::<U>().unwrap_or_else(|_| panic!("{what}"))
+}
+
 #[cfg(feature = "flex")]
 pub(crate) use flex::{dense_add_layer_norm, dense_gelu, dropout_mask, self_attention};
 
@@ -184,7 +193,7 @@ mod flex {
     //! `B::FloatTensorPrimitive` is `FlexTensor`; it is then moved out of (and back into) its
     //! `Tensor` through `Any`, without copying.
 
-    use std::any::{Any, TypeId};
+    use std::any::TypeId;
 
     use burn::nn::Linear;
 
@@ -195,7 +204,7 @@ mod flex {
     use pulp::{Arch, Simd, WithSimd};
     use rayon::prelude::*;
 
-    use super::{exp_f32, gelu_f32, lanes};
+    use super::{exp_f32, gelu_f32, lanes, retype};
 
     /// Rows handed to one rayon task by the row-wise kernels (a few KB to a few hundred KB).
     const ROWS_PER_TASK: usize = 16;
@@ -235,20 +244,14 @@ mod flex {
     }
 
     fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
-        let primitive: Box<dyn Any> = match x.into_primitive() {
-            TensorPrimitive::Float(t) => Box::new(t),
+        match x.into_primitive() {
+            TensorPrimitive::Float(t) => retype(t, "fused kernels take flex tensors (see active)"),
             TensorPrimitive::QFloat(_) => panic!("fused kernels take float tensors (see active)"),
-        };
-        *primitive
-            .downcast::<FlexTensor>()
-            .expect("fused kernels take flex tensors (see active)")
+        }
     }
 
     fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-        let boxed: Box<dyn Any> = Box::new(t);
-        let primitive = *boxed
-            .downcast::<B::FloatTensorPrimitive>()
-            .expect("fused kernels return flex tensors (see active)");
+        let primitive = retype(t, "fused kernels return flex tensors (see active)");
         Tensor::from_primitive(TensorPrimitive::Float(primitive))
     }
 
@@ -265,16 +268,19 @@ mod flex {
         into_flex(x).to_contiguous()
     }
 
-    fn slice(t: &FlexTensor) -> &[f32] {
+    /// The elements of a contiguous f32 flex tensor.
+    pub(super) fn slice(t: &FlexTensor) -> &[f32] {
         t.as_slice::<f32>()
             .expect("contiguous f32 tensor (see active)")
     }
 
+    /// A flex tensor owning `data` (row-major, `shape`).
+    pub(super) fn from_vec(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(data, shape))
+    }
+
     fn tensor<B: Backend, const D: usize>(data: Vec<f32>, dims: [usize; D]) -> Tensor<B, D> {
-        from_flex(FlexTensor::from_data(TensorData::new(
-            data,
-            Shape::new(dims),
-        )))
+        from_flex(from_vec(data, dims))
     }
 
     /// `x @ weight` as `[rows, d_out]` (no bias), rows = every position of `x`.
@@ -288,7 +294,7 @@ mod flex {
     fn bias<B: Backend>(dense: &Linear<B>, width: usize) -> FlexTensor {
         match &dense.bias {
             Some(b) => contiguous(b.val()),
-            None => FlexTensor::from_data(TensorData::new(vec![0f32; width], [width])),
+            None => from_vec(vec![0f32; width], [width]),
         }
     }
 

@@ -34,12 +34,8 @@ pub(crate) fn init_linear<B: Backend>(
     }
 }
 
-/// A LayerNorm initialised to weight 1, bias 0.
-///
-/// Burn's `LayerNormConfig::init` creates its parameters lazily, on first use. A lazy parameter
-/// first used through a clone of the module (the mixed-precision compute copy, a data-parallel
-/// replica) is initialised in the clone only, so the first training step of a new model would
-/// get no gradient for it: the parameters are made here, as every other one.
+/// A LayerNorm of `hidden_size` with `layer_norm_eps`, initialised to weight 1, bias 0 (made
+/// eagerly, see [`crate::layer_norm`]).
 pub(crate) fn init_layer_norm<B: Backend>(config: &BertConfig, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(config.hidden_size)
         .with_epsilon(config.layer_norm_eps)
@@ -224,8 +220,7 @@ impl<B: Backend> BertSelfAttention<B> {
         let k = split(dense(&self.key, hidden.clone()));
         let v = split(dense(&self.value, hidden));
         let dtype = q.dtype();
-        let scores = q.matmul(k.transpose());
-        let scores = scores / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
+        let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
         // Softmax in f32 under mixed precision (as autocast), then back to the compute dtype.
         let probs = if dtype == DType::F32 {
             softmax(scores, 3)

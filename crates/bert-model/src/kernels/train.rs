@@ -1,20 +1,22 @@
 //! Fused training ops for `Autodiff<Flex>` in f32, each with its own backward.
 //!
-//! Under autodiff Burn composes softmax, log-softmax and the cross-entropy from elementwise
-//! ops (max, subtract, exp, sum, divide, gather, …), each a pass over memory forward and again
-//! backward, and flex runs elementwise ops on one thread. These ops do each chain in one
-//! row-parallel pass forward and one backward:
+//! Under autodiff Burn composes softmax, log-softmax, the cross-entropy and LayerNorm from
+//! elementwise ops (max, subtract, exp, sum, divide, gather, …), each a pass over memory
+//! forward and again backward, and flex runs elementwise ops on one thread. These ops do each
+//! chain in one row-parallel pass forward and one backward:
 //!
 //! | op | replaces (forward and backward) |
 //! |---|---|
 //! | [`masked_softmax`] | `softmax(scores · scale + mask_bias)` (attention probabilities) |
 //! | [`cross_entropy`] | `-mean(log_softmax(logits)[target])` |
 //! | [`gelu`] | exact GELU (flex's is a scalar `erf` on one thread, both ways) |
+//! | [`layer_norm`] | Burn's composed LayerNorm (mean, centre, variance, divide, scale, shift) |
+//! | [`split_heads`], [`merge_heads`] | `reshape` + `swap_dims(1, 2)`, copied by each matmul and backward `reshape` |
 //!
 //! The model and the losses call them where [`active`] holds and Burn's ops otherwise; tests
 //! compare values and gradients of both.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -22,12 +24,13 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Shape, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Int, Shape, Tensor, TensorKind, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::{exp_f32, fold_lanes, gelu_f32, lanes};
+use super::flex::{from_vec, slice};
+use super::{exp_f32, fold_lanes, gelu_f32, lanes, retype};
 
 /// The autodiff backend these ops are written for (Burn's default checkpointing: none).
 type Ad = Autodiff<Flex>;
@@ -43,31 +46,22 @@ pub(crate) fn active<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     super::enabled() && x.dtype() == DType::F32 && TypeId::of::<B>() == TypeId::of::<Ad>()
 }
 
-fn to_ad<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<Ad, D> {
-    let any: Box<dyn Any> = Box::new(x);
-    *any.downcast::<Tensor<Ad, D>>()
-        .expect("fused training ops take Autodiff<Flex> tensors (see active)")
+/// A tensor of `B` as the `Autodiff<Flex>` tensor it is (see [`active`]), and back.
+fn to_ad<B: Backend, const D: usize, K>(x: Tensor<B, D, K>) -> Tensor<Ad, D, K>
+where
+    K: TensorKind<B> + TensorKind<Ad> + 'static,
+{
+    retype(
+        x,
+        "fused training ops take Autodiff<Flex> tensors (see active)",
+    )
 }
 
 fn from_ad<B: Backend, const D: usize>(x: Tensor<Ad, D>) -> Tensor<B, D> {
-    let any: Box<dyn Any> = Box::new(x);
-    *any.downcast::<Tensor<B, D>>()
-        .expect("fused training ops return Autodiff<Flex> tensors (see active)")
-}
-
-fn to_ad_int<B: Backend>(x: Tensor<B, 1, Int>) -> Tensor<Ad, 1, Int> {
-    let any: Box<dyn Any> = Box::new(x);
-    *any.downcast::<Tensor<Ad, 1, Int>>()
-        .expect("fused training ops take Autodiff<Flex> tensors (see active)")
-}
-
-fn f32s(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>()
-        .expect("contiguous f32 tensor (see active)")
-}
-
-fn flex(data: Vec<f32>, shape: Shape) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
+    retype(
+        x,
+        "fused training ops return Autodiff<Flex> tensors (see active)",
+    )
 }
 
 /// Runs `forward` on the inner flex tensor of `x` and records `Op` with the state it returns
@@ -116,7 +110,7 @@ pub(crate) fn masked_softmax<B: Backend>(
     let out = record(MaskedSoftmax { scale }, to_ad(scores), |scores| {
         let mut probs = vec![0f32; batch * heads * rows * seq];
         if seq > 0 {
-            let (scores, mask) = (f32s(&scores), f32s(&mask));
+            let (scores, mask) = (slice(&scores), slice(&mask));
             probs
                 .par_chunks_mut(ROWS_PER_TASK * seq)
                 .zip(scores.par_chunks(ROWS_PER_TASK * seq))
@@ -133,7 +127,7 @@ pub(crate) fn masked_softmax<B: Backend>(
                     })
                 });
         }
-        let probs = flex(probs, Shape::new([batch, heads, rows, seq]));
+        let probs = from_vec(probs, Shape::new([batch, heads, rows, seq]));
         (probs.clone(), probs)
     });
     from_ad(out)
@@ -155,7 +149,7 @@ impl Backward<Flex, 1> for MaskedSoftmax {
             let shape = probs.layout().shape().clone();
             let seq = shape[shape.num_dims() - 1];
             let grad = grad.to_contiguous();
-            let (p, g) = (f32s(&probs), f32s(&grad));
+            let (p, g) = (slice(&probs), slice(&grad));
             let mut out = vec![0f32; p.len()];
             if seq > 0 {
                 out.par_chunks_mut(ROWS_PER_TASK * seq)
@@ -171,7 +165,7 @@ impl Backward<Flex, 1> for MaskedSoftmax {
                         })
                     });
             }
-            flex(out, shape)
+            from_vec(out, shape)
         });
     }
 }
@@ -189,7 +183,7 @@ pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B
     );
     let out = record(PermuteHeads { split: true }, to_ad(x), |x| {
         let dims = [batch, heads, seq, width / heads];
-        (permute_heads(f32s(&x), dims, true), dims)
+        (permute_heads(slice(&x), dims, true), dims)
     });
     from_ad(out)
 }
@@ -200,7 +194,7 @@ pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B
 pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let dims = x.dims();
     let out = record(PermuteHeads { split: false }, to_ad(x), |x| {
-        (permute_heads(f32s(&x), dims, false), dims)
+        (permute_heads(slice(&x), dims, false), dims)
     });
     from_ad(out)
 }
@@ -238,7 +232,7 @@ fn permute_heads(x: &[f32], [batch, heads, seq, head_dim]: [usize; 4], split: bo
     } else {
         Shape::new([batch, seq, width])
     };
-    flex(out, shape)
+    from_vec(out, shape)
 }
 
 /// [`split_heads`] (`split`) or [`merge_heads`]; the backward permutes the other way.
@@ -254,7 +248,7 @@ impl Backward<Flex, 1> for PermuteHeads {
     fn backward(self, ops: Ops<[usize; 4], 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dims = ops.state;
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
-            permute_heads(f32s(&grad.to_contiguous()), dims, !self.split)
+            permute_heads(slice(&grad.to_contiguous()), dims, !self.split)
         });
     }
 }
@@ -289,20 +283,20 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
         y.par_chunks_mut(chunk)
             .zip(xhat.par_chunks_mut(chunk))
             .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-            .zip(f32s(&xs).par_chunks(chunk))
+            .zip(slice(&xs).par_chunks(chunk))
             .for_each(|(((y, xhat), rstd), x)| {
                 vectorized(LayerNormRows {
                     y,
                     xhat,
                     rstd,
                     x,
-                    gamma: f32s(&gs),
-                    beta: f32s(&bs),
+                    gamma: slice(&gs),
+                    beta: slice(&bs),
                     epsilon: epsilon as f32,
                 })
             });
     }
-    let y = flex(y, shape.clone());
+    let y = from_vec(y, shape.clone());
     let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
     let out = match LayerNormOp
         .prepare::<NoCheckpointing>(nodes)
@@ -311,7 +305,7 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
     {
         OpsKind::Tracked(prep) => {
             let state = LayerNormState {
-                xhat: flex(xhat, shape),
+                xhat: from_vec(xhat, shape),
                 rstd,
                 gamma: gs,
             };
@@ -341,7 +335,7 @@ impl Backward<Flex, 3> for LayerNormOp {
         let [x_node, gamma_node, beta_node] = ops.parents;
         let LayerNormState { xhat, rstd, gamma } = ops.state;
         let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
-        let (g, xh, gm) = (f32s(&grad), f32s(&xhat), f32s(&gamma));
+        let (g, xh, gm) = (slice(&grad), slice(&xhat), slice(&gamma));
         let width = gm.len();
         if width == 0 {
             return;
@@ -362,7 +356,7 @@ impl Backward<Flex, 3> for LayerNormOp {
                         gamma: gm,
                     })
                 });
-            grads.register::<Flex>(node.id, flex(dx, xhat.layout().shape().clone()));
+            grads.register::<Flex>(node.id, from_vec(dx, xhat.layout().shape().clone()));
         }
         if gamma_node.is_some() || beta_node.is_some() {
             // Per task: [Σ dy ⊙ x̂ | Σ dy] over its rows, then the tasks' sums in order.
@@ -385,10 +379,10 @@ impl Backward<Flex, 3> for LayerNormOp {
             }
             let dbeta = total.split_off(width);
             if let Some(node) = gamma_node {
-                grads.register::<Flex>(node.id, flex(total, Shape::new([width])));
+                grads.register::<Flex>(node.id, from_vec(total, Shape::new([width])));
             }
             if let Some(node) = beta_node {
-                grads.register::<Flex>(node.id, flex(dbeta, Shape::new([width])));
+                grads.register::<Flex>(node.id, from_vec(dbeta, Shape::new([width])));
             }
         }
     }
@@ -403,7 +397,7 @@ pub(crate) fn cross_entropy<B: Backend>(
     targets: Tensor<B, 1, Int>,
 ) -> Tensor<B, 1> {
     let [n, classes] = logits.dims();
-    let targets: Vec<usize> = to_ad_int(targets)
+    let targets: Vec<usize> = to_ad(targets)
         .into_data()
         .iter::<i64>()
         .map(|t| {
@@ -416,7 +410,7 @@ pub(crate) fn cross_entropy<B: Backend>(
         .collect();
     assert_eq!(targets.len(), n, "one target per row");
     let out = record(CrossEntropy, to_ad(logits), |logits| {
-        let x = f32s(&logits);
+        let x = slice(&logits);
         // Per row: log Σ exp, and the row's loss.
         let mut lse = vec![0f32; n];
         let mut losses = vec![0f32; n];
@@ -441,7 +435,7 @@ pub(crate) fn cross_entropy<B: Backend>(
             lse,
             targets,
         };
-        (flex(vec![mean as f32], Shape::new([1])), state)
+        (from_vec(vec![mean as f32], Shape::new([1])), state)
     });
     from_ad(out)
 }
@@ -470,7 +464,7 @@ impl Backward<Flex, 1> for CrossEntropy {
             let classes = shape[1];
             let n = lse.len();
             let g = grad.into_data().iter::<f32>().next().unwrap_or(0.0) / n.max(1) as f32;
-            let x = f32s(&logits);
+            let x = slice(&logits);
             let mut out = vec![0f32; x.len()];
             if classes > 0 {
                 out.par_chunks_mut(classes)
@@ -486,7 +480,7 @@ impl Backward<Flex, 1> for CrossEntropy {
                         })
                     });
             }
-            flex(out, shape)
+            from_vec(out, shape)
         });
     }
 }
@@ -496,10 +490,10 @@ impl Backward<Flex, 1> for CrossEntropy {
 pub(crate) fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let out = record(Gelu, to_ad(x), |x| {
         let shape = x.layout().shape().clone();
-        let mut y = f32s(&x).to_vec();
+        let mut y = slice(&x).to_vec();
         y.par_chunks_mut(ELEMENTS_PER_TASK)
             .for_each(|y| vectorized(GeluChunk { y }));
-        (flex(y, shape), x)
+        (from_vec(y, shape), x)
     });
     from_ad(out)
 }
@@ -516,11 +510,11 @@ impl Backward<Flex, 1> for Gelu {
         unary::<Flex, _>(ops.parents, ops.node, grads, |grad| {
             let shape = x.layout().shape().clone();
             let grad = grad.to_contiguous();
-            let mut out = f32s(&grad).to_vec();
+            let mut out = slice(&grad).to_vec();
             out.par_chunks_mut(ELEMENTS_PER_TASK)
-                .zip(f32s(&x).par_chunks(ELEMENTS_PER_TASK))
+                .zip(slice(&x).par_chunks(ELEMENTS_PER_TASK))
                 .for_each(|(g, x)| vectorized(GeluBackwardChunk { g, x }));
-            flex(out, shape)
+            from_vec(out, shape)
         });
     }
 }
@@ -811,9 +805,9 @@ impl Kernel for ColumnSums<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
     use burn::tensor::activation::{gelu as burn_gelu, log_softmax, softmax};
     use burn::tensor::ops::ModuleOps;
+    use burn::tensor::{Distribution, TensorData};
 
     fn max_abs_diff(a: Tensor<Flex, 1>, b: Tensor<Flex, 1>) -> f32 {
         (a - b).abs().max().into_scalar()
