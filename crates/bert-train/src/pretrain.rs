@@ -19,6 +19,7 @@ use bert_data::pretraining::{
     StreamPosition, prepare,
 };
 use bert_model::checkpoint::write_atomically;
+use bert_model::loss::cross_entropy;
 use bert_model::{BertForPreTraining, LoadOptions, load_pretrained, save_pretrained};
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
@@ -84,8 +85,6 @@ impl BatchStats {
         self.nsp_count += other.nsp_count;
     }
 }
-
-pub(crate) use bert_model::loss::cross_entropy;
 
 fn correct<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> usize {
     let [n, _] = logits.dims();

@@ -648,13 +648,7 @@ fn two_replicas_match_gradient_accumulation() {
         assert!(last_train.contains("\"step\":5"), "{last_train}");
         read_tensors(&out.join("final/model.safetensors"))
     };
-    let ddp = run("ddp", "training.devices=[0, 0]");
-    let acc = run("acc", "training.gradient_accumulation_steps=2");
-    let worst = max_abs_diff(&ddp, &acc);
-    assert!(
-        worst < 1e-6,
-        "2 replicas end {worst} away from accumulation over 2"
-    );
+    assert_two_replicas_match_accumulation(run);
     fails_in_one_line(
         &[
             "finetune",

@@ -272,14 +272,7 @@ fn two_replicas_match_gradient_accumulation() {
         ]);
         read_tensors(&dir.path().join(name).join("final/model.safetensors"))
     };
-    let ddp = run("ddp", "training.devices=[0, 0]");
-    let acc = run("acc", "training.gradient_accumulation_steps=2");
-    let worst = max_abs_diff(&ddp, &acc);
-    // A replica that skipped the all-reduce (or averaged wrongly) would be ~1e-3 away.
-    assert!(
-        worst < 1e-6,
-        "2 replicas end {worst} away from accumulation over 2"
-    );
+    assert_two_replicas_match_accumulation(run);
     // The first replica's metrics count both replicas' sequences.
     let first: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(dir.path().join("ddp/metrics.jsonl"))

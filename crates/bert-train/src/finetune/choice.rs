@@ -121,7 +121,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
             let scores = forward(model, &rows, pad, device)?;
             let labels = rows.iter().map(|r| r.label.unwrap_or(0) as i64).collect();
             Ok(BatchLoss {
-                loss: crate::pretrain::cross_entropy(scores, targets(labels, device)),
+                loss: bert_model::loss::cross_entropy(scores, targets(labels, device)),
                 tokens: rows
                     .iter()
                     .flat_map(|r| r.pairs.iter().map(|p| p.0.len()))

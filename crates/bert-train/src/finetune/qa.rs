@@ -234,8 +234,8 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
             let ends = targets(rows.iter().map(|r| r.end_position as i64).collect(), device);
             let s = mask_padding(s, &rows, device);
             let e = mask_padding(e, &rows, device);
-            let loss = (crate::pretrain::cross_entropy(s, starts)
-                + crate::pretrain::cross_entropy(e, ends))
+            let loss = (bert_model::loss::cross_entropy(s, starts)
+                + bert_model::loss::cross_entropy(e, ends))
                 / 2.0;
             Ok(BatchLoss {
                 loss,

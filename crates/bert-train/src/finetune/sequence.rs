@@ -84,7 +84,7 @@ fn loss<B: Backend>(logits: Tensor<B, 2>, rows: &[&Row], device: &Device<B>) -> 
         }
         _ => {
             let y = rows.iter().map(|r| class(r.target) as i64).collect();
-            crate::pretrain::cross_entropy(logits, targets(y, device))
+            bert_model::loss::cross_entropy(logits, targets(y, device))
         }
     }
 }

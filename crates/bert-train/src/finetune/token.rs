@@ -76,7 +76,7 @@ fn loss<B: Backend>(
         0,
         Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device),
     );
-    crate::pretrain::cross_entropy(picked, targets(labels, device))
+    bert_model::loss::cross_entropy(picked, targets(labels, device))
 }
 
 /// Per word: `(tag id, probability)`, `None` for words cut off by truncation.

@@ -81,6 +81,22 @@ pub fn max_abs_diff(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32
     worst
 }
 
+/// Runs `run(name, override)` with two data-parallel replicas (`training.devices=[0, 0]`, the
+/// one CPU device twice) and with one replica accumulating two micro-batches, and checks that
+/// the final weights (see [`read_tensors`]) agree within 1e-6: a replica that skipped the
+/// all-reduce, or averaged wrongly, ends ~1e-3 away.
+pub fn assert_two_replicas_match_accumulation(
+    run: impl Fn(&str, &str) -> BTreeMap<String, Vec<f32>>,
+) {
+    let ddp = run("ddp", "training.devices=[0, 0]");
+    let acc = run("acc", "training.gradient_accumulation_steps=2");
+    let worst = max_abs_diff(&ddp, &acc);
+    assert!(
+        worst < 1e-6,
+        "2 replicas end {worst} away from accumulation over 2"
+    );
+}
+
 /// `bert bench train --fixed-batch --json` on a tiny BERT (configs/bench/bert-mini.toml with
 /// preset tiny, vocabulary 512, batch 4 × 32 tokens) with `extra` arguments: the JSON report,
 /// or stderr when the run fails.
