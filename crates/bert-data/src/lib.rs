@@ -20,6 +20,7 @@ pub mod batch;
 pub mod error;
 pub mod prefetch;
 pub mod pretraining;
+pub mod seeds;
 pub mod tasks;
 pub mod tensors;
 pub mod tokenizer;

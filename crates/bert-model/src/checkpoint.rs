@@ -39,6 +39,7 @@ use burn_store::{
     PytorchStore, SafetensorsStore, TensorSnapshot,
 };
 
+use crate::architecture::Architecture;
 use crate::config::BertConfig;
 use crate::error::BertError;
 use crate::heads::{
@@ -147,8 +148,8 @@ pub struct LoadReport {
 
 /// An architecture that can be built from a [`BertConfig`] and loaded from an HF checkpoint.
 pub trait PretrainedBert<B: Backend>: Module<B> + Sized {
-    /// HF class name written to `architectures`.
-    const ARCHITECTURE: &'static str;
+    /// The HF class, whose name is written to `architectures`.
+    const ARCHITECTURE: Architecture;
     /// Whether the encoder sits under `bert.` (every task model) or at the root (`BertModel`).
     const PREFIXED: bool = true;
     /// Whether transformers builds this class with a pooler.
@@ -173,9 +174,9 @@ fn is_head_key(key: &str) -> bool {
 }
 
 macro_rules! pretrained {
-    ($ty:ident, $name:literal, pooler = $pooler:literal, optional_pooler = $optional:literal, ignore = $ignore:expr) => {
+    ($ty:ident, $arch:ident, pooler = $pooler:literal, optional_pooler = $optional:literal, ignore = $ignore:expr) => {
         impl<B: Backend> PretrainedBert<B> for $ty<B> {
-            const ARCHITECTURE: &'static str = $name;
+            const ARCHITECTURE: Architecture = Architecture::$arch;
             const POOLER: bool = $pooler;
             fn init(config: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
                 let mut model = Self::new(config, device);
@@ -194,7 +195,7 @@ macro_rules! pretrained {
 }
 
 impl<B: Backend> PretrainedBert<B> for BertModel<B> {
-    const ARCHITECTURE: &'static str = "BertModel";
+    const ARCHITECTURE: Architecture = Architecture::Base;
     const PREFIXED: bool = false;
     const POOLER: bool = true;
     fn init(config: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
@@ -208,42 +209,42 @@ impl<B: Backend> PretrainedBert<B> for BertModel<B> {
 
 pretrained!(
     BertForPreTraining,
-    "BertForPreTraining",
+    PreTraining,
     pooler = true,
     optional_pooler = false,
     ignore = |_| false
 );
 pretrained!(
     BertForMaskedLM,
-    "BertForMaskedLM",
+    MaskedLm,
     pooler = false,
     optional_pooler = true,
     ignore = |k| k.starts_with("cls.seq_relationship.")
 );
 pretrained!(
     BertForSequenceClassification,
-    "BertForSequenceClassification",
+    SequenceClassification,
     pooler = true,
     optional_pooler = false,
     ignore = |_| false
 );
 pretrained!(
     BertForTokenClassification,
-    "BertForTokenClassification",
+    TokenClassification,
     pooler = false,
     optional_pooler = true,
     ignore = |_| false
 );
 pretrained!(
     BertForQuestionAnswering,
-    "BertForQuestionAnswering",
+    QuestionAnswering,
     pooler = false,
     optional_pooler = true,
     ignore = |_| false
 );
 pretrained!(
     BertForMultipleChoice,
-    "BertForMultipleChoice",
+    MultipleChoice,
     pooler = true,
     optional_pooler = false,
     ignore = |_| false
@@ -545,7 +546,7 @@ pub fn save_pretrained<B: Backend, M: PretrainedBert<B>>(
     let dir = dir.as_ref();
     std::fs::create_dir_all(dir).map_err(|e| BertError::io(dir, e))?;
     let mut config = config.clone();
-    config.architectures = vec![M::ARCHITECTURE.to_string()];
+    config.architectures = vec![M::ARCHITECTURE.name().to_string()];
     let tensors = hf_state_dict::<B, M>(model)?;
     write_safetensors(&dir.join("model.safetensors"), &tensors)?;
     write_atomically(&dir.join("config.json"), config.to_json_string().as_bytes())

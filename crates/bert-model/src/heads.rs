@@ -2,7 +2,7 @@
 //! [`BertForPreTraining`], [`BertForMaskedLM`], [`BertForSequenceClassification`],
 //! [`BertForTokenClassification`], [`BertForQuestionAnswering`], [`BertForMultipleChoice`].
 //!
-//! Heads return logits; losses live with the trainer. The MLM decoder is tied to the word
+//! Heads return logits; their losses are in [`crate::loss`]. The MLM decoder is tied to the word
 //! embeddings: it has no weight of its own, only a bias (`cls.predictions.bias`).
 
 use burn::module::{Module, Param};

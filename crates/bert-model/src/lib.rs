@@ -31,6 +31,7 @@
 //! [`kernels`]); the model takes them by itself when its tensors are flex tensors, and runs the
 //! generic Burn ops everywhere else.
 
+pub mod architecture;
 pub mod checkpoint;
 pub mod config;
 pub mod dropout;
@@ -42,6 +43,7 @@ pub mod loss;
 pub mod model;
 pub mod precision;
 
+pub use architecture::Architecture;
 pub use checkpoint::{
     LoadOptions, LoadReport, PretrainedBert, load_config, load_pretrained, load_weights,
     save_pretrained,
@@ -52,4 +54,5 @@ pub use heads::{
     BertForMaskedLM, BertForMultipleChoice, BertForPreTraining, BertForQuestionAnswering,
     BertForSequenceClassification, BertForTokenClassification, PreTrainingOutput,
 };
+pub use loss::{PreTrainingLoss, PreTrainingTargets};
 pub use model::{BertInput, BertModel, BertModelOutput, attention_mask_bias, masked_mean};

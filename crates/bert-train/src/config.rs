@@ -1,6 +1,8 @@
-//! Run configs (TOML): `[model]`, `[data]`, `[optimizer]`, `[schedule]`, `[training]`,
-//! `[output]`. Unknown keys are errors naming the key and the file; `--set a.b=v` overrides any
-//! value (read as TOML: `3e-5`, `true`, `["x.txt"]`; a bare word is a string).
+//! Run configs (TOML): `[model]`, `[data]` (pretraining) or `[task]` (fine-tuning),
+//! `[optimizer]`, `[schedule]`, `[training]`, `[output]`. Unknown keys are errors naming the key
+//! and the file, and so are `[training]` keys of the other run kind ([`RunConfig`]); `--set
+//! a.b=v` overrides any value (read as TOML: `3e-5`, `true`, `["x.txt"]`; a bare word is a
+//! string).
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +11,8 @@ use bert_data::pretraining::PretrainingDataConfig;
 use bert_model::BertConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{OptimizerConfig, ScheduleConfig};
+use crate::finetune::TaskSection;
+use crate::trainer::{OptimizerConfig, ScheduleConfig};
 
 /// `[model]`: a preset and/or BertConfig keys, or `init_from` (HF directory or Hub id).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,7 +25,8 @@ pub struct ModelSection {
     pub fields: toml::Table,
 }
 
-/// `[training]`.
+/// `[training]`: the loop's settings. Most keys serve both run kinds; the few that only one
+/// uses are refused in the other's config ([`PRETRAINING_ONLY`], [`FINETUNING_ONLY`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingSection {
@@ -214,6 +218,56 @@ pub struct PretrainConfig {
     pub output: OutputSection,
 }
 
+/// A fine-tuning run config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// `init_from` is required.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// The task and its files.
+    pub task: TaskSection,
+    /// AdamW.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Schedule.
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    /// Loop.
+    #[serde(default)]
+    pub training: TrainingSection,
+    /// Results.
+    pub output: OutputSection,
+}
+
+/// `[training]` keys that only pretraining uses.
+pub const PRETRAINING_ONLY: &[&str] = &["eval_batches", "prefetch_batches"];
+/// `[training]` keys that only fine-tuning uses.
+pub const FINETUNING_ONLY: &[&str] = &[
+    "epochs",
+    "metric_for_best",
+    "early_stopping_patience",
+    "group_by_length",
+];
+
+/// A run kind's config file.
+pub trait RunConfig: serde::de::DeserializeOwned {
+    /// What the run kind is called in messages.
+    const KIND: &'static str;
+    /// `[training]` keys of the other run kind, refused in this one's config.
+    const FOREIGN_TRAINING_KEYS: &'static [&'static str];
+}
+
+impl RunConfig for PretrainConfig {
+    const KIND: &'static str = "pretraining";
+    const FOREIGN_TRAINING_KEYS: &'static [&'static str] = FINETUNING_ONLY;
+}
+
+impl RunConfig for FinetuneConfig {
+    const KIND: &'static str = "fine-tuning";
+    const FOREIGN_TRAINING_KEYS: &'static [&'static str] = PRETRAINING_ONLY;
+}
+
 /// Parses `--set key.path=value`: the value as TOML, or a bare string.
 pub fn parse_override(text: &str) -> Result<(Vec<String>, toml::Value)> {
     let (key, value) = text
@@ -246,11 +300,9 @@ fn apply_override(table: &mut toml::Table, path: &[String], value: toml::Value) 
     Ok(())
 }
 
-/// Reads a config file, applies `--set` overrides, and deserialises it strictly.
-pub fn load<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    overrides: &[String],
-) -> Result<(T, toml::Table)> {
+/// Reads a config file, applies `--set` overrides, and deserialises it strictly: unknown keys
+/// and `[training]` keys of the other run kind are errors naming the key and the file.
+pub fn load<T: RunConfig>(path: &Path, overrides: &[String]) -> Result<(T, toml::Table)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
     let mut table: toml::Table =
@@ -258,6 +310,17 @@ pub fn load<T: serde::de::DeserializeOwned>(
     for o in overrides {
         let (key, value) = parse_override(o)?;
         apply_override(&mut table, &key, value)?;
+    }
+    if let Some(training) = table.get("training").and_then(toml::Value::as_table)
+        && let Some(key) = T::FOREIGN_TRAINING_KEYS
+            .iter()
+            .find(|k| training.contains_key(**k))
+    {
+        bail!(
+            "invalid config {}: training.{key} is not used by {} runs",
+            path.display(),
+            T::KIND
+        );
     }
     let config: T = table
         .clone()
@@ -339,6 +402,37 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_the_other_run_kind_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pre.toml");
+        std::fs::write(&path, "[training]\nepochs = 3\n[output]\ndir = \"x\"\n").expect("write");
+        let msg = format!(
+            "{:#}",
+            load::<PretrainConfig>(&path, &[]).expect_err("epochs")
+        );
+        assert!(
+            msg.contains("training.epochs")
+                && msg.contains("pre.toml")
+                && msg.contains("pretraining"),
+            "{msg}"
+        );
+        let path = dir.path().join("fine.toml");
+        let task =
+            "[task]\nkind = \"sequence-classification\"\ntrain_file = \"t\"\nvalid_file = \"v\"\n";
+        std::fs::write(&path, format!("{task}[output]\ndir = \"x\"\n")).expect("write");
+        load::<FinetuneConfig>(&path, &[]).expect("a fine-tuning config");
+        let msg = format!(
+            "{:#}",
+            load::<FinetuneConfig>(&path, &["training.eval_batches=3".into()])
+                .expect_err("eval_batches")
+        );
+        assert!(
+            msg.contains("training.eval_batches") && msg.contains("fine.toml"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn every_shipped_config_parses() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut seen = 0;
@@ -364,7 +458,7 @@ mod tests {
             if path.extension().is_none_or(|e| e != "toml") {
                 continue;
             }
-            let (c, _) = load::<crate::finetune::FinetuneConfig>(&path, &[])
+            let (c, _) = load::<FinetuneConfig>(&path, &[])
                 .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             assert!(c.model.init_from.is_some(), "{}", path.display());
             finetune += 1;

@@ -16,6 +16,7 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 
 /// A training loop's progress: on a terminal, a bar showing the latest loss with messages
 /// printed above it; on a pipe, no bar, the periodic train lines and messages as plain lines.
+#[derive(Debug)]
 pub struct TrainingProgress {
     bar: ProgressBar,
     tty: bool,

@@ -19,21 +19,8 @@ use crate::batch::{Padding, pad_rows};
 use crate::pretraining::instances::{Documents, InstanceConfig, instances_from_document};
 use crate::pretraining::masking::{IGNORE_INDEX, MaskVocab, MaskingConfig, MaskingMode, mask};
 
-/// Derives an independent seed from a base seed and a position (SplitMix64 over the parts).
-pub fn derive_seed(parts: &[u64]) -> u64 {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    for &p in parts {
-        x ^= p
-            .wrapping_add(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(x << 6)
-            .wrapping_add(x >> 2);
-        let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x = z ^ (z >> 31);
-    }
-    x
-}
+use crate::seeds;
+pub use crate::seeds::derive_seed;
 
 /// Everything that decides what the stream serves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -172,8 +159,11 @@ impl<'a, D: Documents + ?Sized> PretrainingStream<'a, D> {
         }
         let n = self.docs.num_documents() as u32;
         self.order = (0..n).collect();
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(derive_seed(&[self.config.seed, self.position.epoch, 1]));
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(&[
+            self.config.seed,
+            self.position.epoch,
+            seeds::DOCUMENT_ORDER,
+        ]));
         self.order.shuffle(&mut rng);
         self.order_epoch = Some(self.position.epoch);
     }
@@ -190,9 +180,9 @@ impl<'a, D: Documents + ?Sized> PretrainingStream<'a, D> {
                 seed,
                 doc,
                 epoch % self.config.masking.dupe_factor.max(1) as u64,
-                2,
+                seeds::STATIC_MASKING,
             ],
-            MaskingMode::Dynamic => [seed, epoch, doc, 3],
+            MaskingMode::Dynamic => [seed, epoch, doc, seeds::DYNAMIC_MASKING],
         };
         let mut examples = Vec::new();
         for &doc in &self.order[start..end] {
@@ -214,8 +204,12 @@ impl<'a, D: Documents + ?Sized> PretrainingStream<'a, D> {
                 });
             }
         }
-        let mut rng =
-            ChaCha8Rng::seed_from_u64(derive_seed(&[seed, epoch, self.position.window, 4]));
+        let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(&[
+            seed,
+            epoch,
+            self.position.window,
+            seeds::WINDOW_SHUFFLE,
+        ]));
         examples.shuffle(&mut rng);
         self.window = examples;
     }

@@ -10,7 +10,7 @@ use bert_model::{BertConfig, BertForMultipleChoice};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, Tensor};
 
-use super::{BatchLoss, InputLine, PredictArgs, Setup, first, host, input_of, targets};
+use super::{BatchLoss, PredictLine, PredictOptions, Setup, first, host, input_of, targets};
 use crate::metrics;
 
 /// The encoded pairs of one example.
@@ -94,7 +94,7 @@ fn read(setup: &Setup, path: &Path, limit: Option<usize>) -> Result<Vec<Row>> {
 
 fn head_config(base: &BertConfig) -> BertConfig {
     let mut c = base.clone();
-    c.architectures = vec!["BertForMultipleChoice".into()];
+    c.architectures = vec![bert_model::Architecture::MultipleChoice.name().into()];
     c
 }
 
@@ -155,8 +155,8 @@ pub(crate) fn evaluate_dir<B: Backend>(
 pub(crate) fn predict<B: Backend>(
     dir: &Path,
     tokenizer: &BertTokenizer,
-    lines: &[InputLine],
-    args: &PredictArgs,
+    lines: &[PredictLine],
+    args: &PredictOptions,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, _) = super::load_head::<B, BertForMultipleChoice<B>>(dir, device)?;

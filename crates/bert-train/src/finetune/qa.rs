@@ -14,7 +14,7 @@ use bert_model::{BertConfig, BertForQuestionAnswering};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, Tensor};
 
-use super::{BatchLoss, InputLine, PredictArgs, Setup, first, host, input_of, targets};
+use super::{BatchLoss, PredictLine, PredictOptions, Setup, first, host, input_of, targets};
 use crate::metrics;
 
 fn features(
@@ -187,7 +187,7 @@ fn evaluate<B: Backend>(
 
 fn head_config(base: &BertConfig) -> BertConfig {
     let mut c = base.clone();
-    c.architectures = vec!["BertForQuestionAnswering".into()];
+    c.architectures = vec![bert_model::Architecture::QuestionAnswering.name().into()];
     c
 }
 
@@ -264,8 +264,8 @@ pub(crate) fn evaluate_dir<B: Backend>(
 pub(crate) fn predict<B: Backend>(
     dir: &Path,
     tokenizer: &BertTokenizer,
-    lines: &[InputLine],
-    args: &PredictArgs,
+    lines: &[PredictLine],
+    args: &PredictOptions,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, _) = super::load_head::<B, BertForQuestionAnswering<B>>(dir, device)?;

@@ -12,7 +12,7 @@ use bert_model::{BertConfig, BertForSequenceClassification};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{BatchLoss, PredictArgs, Setup, first, host, input_of, targets};
+use super::{BatchLoss, PredictLine, PredictOptions, Setup, first, host, input_of, targets};
 use crate::metrics;
 
 /// An encoded example.
@@ -165,7 +165,11 @@ fn head_config(base: &BertConfig, labels: &LabelSet) -> BertConfig {
             c
         }
     };
-    c.architectures = vec!["BertForSequenceClassification".into()];
+    c.architectures = vec![
+        bert_model::Architecture::SequenceClassification
+            .name()
+            .into(),
+    ];
     c
 }
 
@@ -246,8 +250,8 @@ pub(crate) fn evaluate_dir<B: Backend>(
 pub(crate) fn predict<B: Backend>(
     dir: &Path,
     tokenizer: &BertTokenizer,
-    lines: &[super::InputLine],
-    args: &PredictArgs,
+    lines: &[PredictLine],
+    args: &PredictOptions,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, config) = super::load_head::<B, BertForSequenceClassification<B>>(dir, device)?;

@@ -14,7 +14,7 @@ use bert_model::{BertConfig, BertForTokenClassification};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{BatchLoss, InputLine, PredictArgs, Setup, first, host, input_of, targets};
+use super::{BatchLoss, PredictLine, PredictOptions, Setup, first, host, input_of, targets};
 use crate::metrics;
 
 fn encode_all(
@@ -172,7 +172,7 @@ fn read(
 
 fn head_config(base: &BertConfig, tags: &[String]) -> BertConfig {
     let mut c = base.clone().with_labels(tags);
-    c.architectures = vec!["BertForTokenClassification".into()];
+    c.architectures = vec![bert_model::Architecture::TokenClassification.name().into()];
     c
 }
 
@@ -259,8 +259,8 @@ pub(crate) fn evaluate_dir<B: Backend>(
 pub(crate) fn predict<B: Backend>(
     dir: &Path,
     tokenizer: &BertTokenizer,
-    lines: &[InputLine],
-    args: &PredictArgs,
+    lines: &[PredictLine],
+    args: &PredictOptions,
     device: &Device<B>,
 ) -> Result<Vec<serde_json::Value>> {
     let (model, config) = super::load_head::<B, BertForTokenClassification<B>>(dir, device)?;

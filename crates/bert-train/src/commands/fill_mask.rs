@@ -11,7 +11,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Tensor};
 
 use crate::backend::BackendKind;
-use crate::encode::Architecture;
+use bert_model::Architecture;
+
+use super::encode::architecture_of;
 
 /// Options of `bert fill-mask`.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,7 +97,7 @@ fn candidates<B: Backend>(
         &row(&encoded.attention_mask),
         device,
     );
-    let logits = mlm_logits(Architecture::of(&config), dir, input, device)?;
+    let logits = mlm_logits(architecture_of(&config), dir, input, device)?;
     let [_, seq, vocab] = logits.dims();
     let probs: Vec<f32> = softmax(logits.reshape([seq, vocab]), 1)
         .into_data()

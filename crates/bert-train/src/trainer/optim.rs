@@ -325,6 +325,7 @@ impl<B: AutodiffBackend> AdamW<B> {
 
 /// Gradients of the micro-batches of one optimizer step, summed (Burn's accumulator); the
 /// optimizer divides by their count.
+#[allow(missing_debug_implementations)]
 pub struct Accumulation<M> {
     inner: GradientsAccumulator<M>,
     count: usize,

@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::Scope;
 
 use anyhow::{Context, Result, anyhow};
-use bert_data::pretraining::stream::derive_seed;
+use bert_data::seeds;
 use burn::collective::{CollectiveConfig, PeerId, ReduceOperation, finish_collective, register};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
@@ -25,16 +25,15 @@ use burn::prelude::DeviceOps;
 use burn::tensor::Device;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
-use crate::optim::{AdamW, OptimizerConfig, StepStats};
+use super::optim::{Accumulation, AdamW, OptimizerConfig, StepStats};
+use super::task::{Objective, Stats};
+use crate::config::Precision;
 
 /// The devices of `training.devices` (indices among the backend's devices of the default
 /// device's kind), or the default device when the list is empty. An index may repeat: two
 /// replicas then share a device (the CPU backend has one device; the tests run two replicas on
 /// it).
-pub(crate) fn devices<B: Backend>(
-    default: &Device<B>,
-    indices: &[usize],
-) -> Result<Vec<Device<B>>> {
+pub fn devices<B: Backend>(default: &Device<B>, indices: &[usize]) -> Result<Vec<Device<B>>> {
     if indices.is_empty() {
         return Ok(vec![default.clone()]);
     }
@@ -54,8 +53,8 @@ pub(crate) fn devices<B: Backend>(
 }
 
 /// What every replica does with its share of a step: the forward and backward passes of its
-/// micro-batches.
-pub(crate) trait Work<B: AutodiffBackend>: Sync {
+/// micro-batches through an [`Objective`], in the compute precision.
+pub trait Work<B: AutodiffBackend>: Sync {
     /// The model trained.
     type Model: AutodiffModule<B> + Send;
     /// One replica's micro-batches of a step.
@@ -74,11 +73,58 @@ pub(crate) trait Work<B: AutodiffBackend>: Sync {
     ) -> Result<(GradientsParams, Self::Stats)>;
 }
 
+/// An [`Objective`] run in a compute precision: the [`Work`] of the trainer's replicas.
+#[derive(Debug)]
+pub struct Step<'a, O> {
+    /// The loss of a micro-batch.
+    pub objective: &'a O,
+    /// f32, or the half type of mixed precision ([`Precision::compute_copy`]).
+    pub precision: Precision,
+}
+
+/// One replica's micro-batches of a step.
+#[derive(Debug, Clone)]
+pub struct Share<T> {
+    /// Its micro-batches (none for a replica left without data at the end of the last epoch).
+    pub batches: Vec<T>,
+    /// For a replica without batches: a batch whose gradients, multiplied by zero, stand in for
+    /// its share in the all-reduce.
+    pub idle: Option<T>,
+}
+
+impl<B: AutodiffBackend, O: Objective<B>> Work<B> for Step<'_, O> {
+    type Model = O::Model;
+    type Share = Share<O::Batch>;
+    type Stats = O::Stats;
+
+    fn gradients(
+        &self,
+        model: &O::Model,
+        share: &Share<O::Batch>,
+        device: &Device<B>,
+    ) -> Result<(GradientsParams, O::Stats)> {
+        let mut stats = O::Stats::default();
+        let mut accumulation = Accumulation::default();
+        for batch in &share.batches {
+            let compute = self.precision.compute_copy(model);
+            let (loss, s) = self.objective.loss(&compute, batch, device)?;
+            stats.merge(s);
+            accumulation.add(model, loss.backward());
+        }
+        if let (true, Some(batch)) = (share.batches.is_empty(), &share.idle) {
+            let compute = self.precision.compute_copy(model);
+            let (loss, _) = self.objective.loss(&compute, batch, device)?;
+            accumulation.add(model, (loss * 0.0).backward());
+        }
+        Ok((accumulation.take().0, stats))
+    }
+}
+
 /// One replica's part of a step: its gradients ([`Work::gradients`]), summed with the other
 /// replicas' (when `peer` is set), divided by `micro_batches` (the step's micro-batches on all
 /// replicas), one AdamW update.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn replica_step<B: AutodiffBackend, W: Work<B>>(
+pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
     work: &W,
     model: W::Model,
     opt: &mut AdamW<B>,
@@ -109,7 +155,8 @@ struct Job<S> {
 }
 
 /// The worker replicas (devices 1..) of a data-parallel run; none with one device.
-pub(crate) struct Replicas<B: AutodiffBackend, W: Work<B>> {
+#[allow(missing_debug_implementations)]
+pub struct Replicas<B: AutodiffBackend, W: Work<B>> {
     jobs: Vec<SyncSender<Job<W::Share>>>,
     results: Receiver<Result<W::Stats>>,
     backend: PhantomData<B>,
@@ -118,9 +165,9 @@ pub(crate) struct Replicas<B: AutodiffBackend, W: Work<B>> {
 impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
     /// Starts one worker per device after the first, each with a copy of `model` and `opt`
     /// as they are now (after a resume: the checkpoint's), and registers replica 0. Worker `r`
-    /// seeds its device with `derive_seed(&[seed, step, 5, r])` before each step (replica 0,
-    /// the caller, with `derive_seed(&[seed, step, 5])`, as a single-device run).
-    pub(crate) fn start<'scope>(
+    /// seeds its device with [`seeds::dropout`]`(seed, step, r)` before each step (replica 0,
+    /// the caller, seeds its own).
+    pub fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
         devices: &[Device<B>],
         work: &'scope W,
@@ -150,7 +197,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                         let mut opt = AdamW::<B>::new(optimizer);
                         opt.load_state(opt_step, tensors, &device)?;
                         while let Ok(job) = job_receiver.recv() {
-                            B::seed(&device, derive_seed(&[seed, job.step, 5, rank as u64]));
+                            B::seed(&device, seeds::dropout(seed, job.step, rank));
                             let (next, stats, _) = replica_step(
                                 work,
                                 model,
@@ -196,7 +243,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
     /// `device`: the caller seeds it), and returns replica 0's updated model, every replica's
     /// statistics (replica 0's first) and replica 0's optimizer statistics.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn step(
+    pub fn step(
         &self,
         work: &W,
         model: W::Model,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use bert_data::{BertTokenizer, PaddedBatch, Padding, Truncation, pad_rows};
 use bert_model::checkpoint::write_safetensors;
 use bert_model::{
-    BertConfig, BertForMaskedLM, BertForMultipleChoice, BertForPreTraining,
+    Architecture, BertConfig, BertForMaskedLM, BertForMultipleChoice, BertForPreTraining,
     BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertInput,
     BertModel, BertModelOutput, LoadOptions, PretrainedBert, load_pretrained, masked_mean,
     save_pretrained,
@@ -46,60 +46,22 @@ pub struct EncodeArgs {
     pub backend: Option<String>,
 }
 
-/// Which head a checkpoint carries, from `architectures`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Architecture {
-    /// The bare encoder (also every architecture without a head we run here).
-    Base,
-    /// MLM + NSP.
-    PreTraining,
-    /// MLM.
-    MaskedLm,
-    /// Sequence classification or regression.
-    SequenceClassification,
-    /// Token classification.
-    TokenClassification,
-    /// Extractive QA.
-    QuestionAnswering,
-    /// Multiple choice (encode stores the encoder outputs of each row).
-    MultipleChoice,
+/// The head named by the first entry of `architectures` that this crate implements; the bare
+/// encoder when none is (its outputs are what `bert encode` needs).
+pub fn architecture_of(config: &BertConfig) -> Architecture {
+    config
+        .architectures
+        .iter()
+        .find_map(|a| Architecture::from_name(a))
+        .unwrap_or(Architecture::Base)
 }
 
-impl Architecture {
-    fn named(name: &str) -> Option<Self> {
-        Some(match name {
-            "BertModel" => Self::Base,
-            "BertForPreTraining" => Self::PreTraining,
-            "BertForMaskedLM" => Self::MaskedLm,
-            "BertForSequenceClassification" => Self::SequenceClassification,
-            "BertForTokenClassification" => Self::TokenClassification,
-            "BertForQuestionAnswering" => Self::QuestionAnswering,
-            "BertForMultipleChoice" => Self::MultipleChoice,
-            _ => return None,
-        })
-    }
-
-    /// The head named by the first entry of `architectures` that we know; the bare encoder
-    /// when none is (its outputs are what `bert encode` needs).
-    pub fn of(config: &BertConfig) -> Self {
-        config
-            .architectures
-            .iter()
-            .find_map(|a| Self::named(a))
-            .unwrap_or(Self::Base)
-    }
-
-    /// Like [`Architecture::of`], but an architecture we cannot represent is an error (a
-    /// conversion must not drop a head silently).
-    pub fn exact(config: &BertConfig) -> Result<Self> {
-        match config.architectures.first() {
-            None => Ok(Self::Base),
-            Some(name) => Self::named(name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "architecture {name} is not supported (BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification, BertForQuestionAnswering, BertForMultipleChoice)"
-                )
-            }),
-        }
+/// Like [`architecture_of`], but an architecture this crate cannot represent is an error (a
+/// conversion must not drop a head silently).
+pub fn exact_architecture(config: &BertConfig) -> Result<Architecture> {
+    match config.architectures.first() {
+        None => Ok(Architecture::Base),
+        Some(name) => Ok(name.parse::<Architecture>()?),
     }
 }
 
@@ -225,7 +187,7 @@ enum HeadOutput<B: Backend> {
 
 // One value per run: the size difference between heads does not matter.
 #[allow(clippy::large_enum_variant)]
-enum Loaded<B: Backend> {
+pub(crate) enum Loaded<B: Backend> {
     Base(BertModel<B>),
     PreTraining(BertForPreTraining<B>),
     MaskedLm(BertForMaskedLM<B>),
@@ -249,7 +211,7 @@ fn load<B: Backend, M: PretrainedBert<B>>(dir: &Path, device: &Device<B>) -> Res
 }
 
 impl<B: Backend> Loaded<B> {
-    fn new(arch: Architecture, dir: &Path, device: &Device<B>) -> Result<Self> {
+    pub(crate) fn new(arch: Architecture, dir: &Path, device: &Device<B>) -> Result<Self> {
         Ok(match arch {
             Architecture::Base => Self::Base(load(dir, device)?),
             Architecture::PreTraining => Self::PreTraining(load(dir, device)?),
@@ -264,7 +226,7 @@ impl<B: Backend> Loaded<B> {
     }
 
     /// Writes the model in HF layout (config.json + model.safetensors).
-    fn save(&self, config: &BertConfig, dir: &Path) -> Result<()> {
+    pub(crate) fn save(&self, config: &BertConfig, dir: &Path) -> Result<()> {
         match self {
             Self::Base(m) => save_pretrained(m, config, dir)?,
             Self::PreTraining(m) => save_pretrained(m, config, dir)?,
@@ -345,7 +307,7 @@ pub fn run_model<B: Backend>(
     batch_size: usize,
     hidden_states: bool,
 ) -> Result<Vec<(String, TensorData)>> {
-    let model = Loaded::<B>::new(Architecture::of(config), dir, device)?;
+    let model = Loaded::<B>::new(architecture_of(config), dir, device)?;
     let mut collected: BTreeMap<String, Collected> = BTreeMap::new();
     let mut layers: Vec<Collected> = Vec::new();
     let progress = crate::progress::bar(batch.len() as u64, "encoding");
@@ -446,40 +408,5 @@ pub fn run(args: &EncodeArgs) -> Result<()> {
         batch.seq_len,
         args.output.display()
     );
-    Ok(())
-}
-
-/// Options of `bert convert`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ConvertArgs {
-    /// Hugging Face model directory to read (safetensors or pickle `pytorch_model.bin`), or a
-    /// Hub model id.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Directory to write in HF layout: config.json, model.safetensors, tokenizer files.
-    #[arg(long)]
-    pub output: PathBuf,
-}
-
-/// `bert convert`: load a checkpoint strictly and write it back in HF layout with
-/// safetensors weights (e.g. to turn a legacy `pytorch_model.bin` into `model.safetensors`).
-pub fn convert(args: &ConvertArgs) -> Result<()> {
-    let model_dir = crate::hub::resolve_model(&args.model)?;
-    let config = bert_model::load_config(&model_dir)?;
-    let kind = BackendKind::resolve(None)?;
-    let architecture = Architecture::exact(&config)?;
-    crate::with_backend!(kind, |B, device| Loaded::<B>::new(
-        architecture,
-        &model_dir,
-        &device
-    )?
-    .save(&config, &args.output)?);
-    let has_tokenizer = ["tokenizer.json", "vocab.txt"]
-        .iter()
-        .any(|f| model_dir.join(f).is_file());
-    if has_tokenizer {
-        BertTokenizer::from_dir(&model_dir)?.save(&args.output)?;
-    }
-    eprintln!("wrote {} in Hugging Face layout", args.output.display());
     Ok(())
 }

@@ -1,6 +1,6 @@
-//! What pretraining and fine-tuning runs share: the run directory's checkpoints
-//! (`checkpoints/step-N/` with HF-layout weights, optimizer moments and the trainer state,
-//! written under a temporary name and renamed), `best/`, `metrics.jsonl`, and the Ctrl-C flag.
+//! The run directory's files: checkpoints (`checkpoints/step-N/` with the task's weights,
+//! optimizer moments and the trainer state, written under a temporary name and renamed),
+//! model directories (`best/`, `final/`), `metrics.jsonl`, and the Ctrl-C flag.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,17 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use bert_model::checkpoint::{read_checkpoint, write_atomically, write_safetensors};
-use bert_model::{BertConfig, LoadOptions, PretrainedBert, load_weights, save_pretrained};
-use burn::module::AutodiffModule;
 use burn::tensor::Device;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
+use super::TrainerState;
+use super::optim::AdamW;
 use crate::config::TrainingSection;
-use crate::optim::AdamW;
 
 /// Appends JSON lines to `metrics.jsonl` (flushed per line, so a plot can follow a live run).
+#[derive(Debug)]
 pub struct Metrics {
     file: std::fs::File,
 }
@@ -78,21 +77,18 @@ pub fn check_resume(out: &Path, resume: bool) -> Result<Option<PathBuf>> {
     Ok(existing.last().map(|(_, d)| d.clone()))
 }
 
-/// Writes `checkpoints/step-N/` (model in HF layout, `optimizer.safetensors`,
+/// Writes `checkpoints/step-N/` (the model through `save_model`, `optimizer.safetensors`,
 /// `trainer_state.json`) atomically, then deletes all but the newest `keep`.
-pub fn save_checkpoint<B, M, S>(
+pub fn save_checkpoint<B, S>(
     out: &Path,
     step: u64,
-    model: &M,
-    config: &BertConfig,
+    save_model: impl FnOnce(&Path) -> Result<()>,
     opt: &AdamW<B>,
     state: &S,
     keep: usize,
 ) -> Result<PathBuf>
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B>,
-    M::InnerModule: PretrainedBert<B::InnerBackend>,
     S: Serialize,
 {
     let root = out.join("checkpoints");
@@ -101,7 +97,7 @@ where
     let tmp = root.join(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    save_pretrained(&model.valid(), config, &tmp)?;
+    save_model(&tmp)?;
     let (_, moments) = opt.state();
     write_safetensors(&tmp.join("optimizer.safetensors"), &moments)?;
     write_atomically(
@@ -120,24 +116,16 @@ where
     Ok(target)
 }
 
-/// Restores a checkpoint into `model` and `opt`; returns the model and the trainer state.
-pub fn load_checkpoint<B, M, S>(
+/// Reads a checkpoint's trainer state and restores its optimizer moments into `opt` (the
+/// weights are the task's to load).
+pub fn load_state<B: AutodiffBackend>(
     dir: &Path,
-    model: M,
     opt: &mut AdamW<B>,
-    optimizer_step: impl Fn(&S) -> u64,
     device: &Device<B>,
-) -> Result<(M, S)>
-where
-    B: AutodiffBackend,
-    M: PretrainedBert<B>,
-    S: DeserializeOwned,
-{
+) -> Result<TrainerState> {
     let text = std::fs::read_to_string(dir.join("trainer_state.json"))?;
-    let state: S = serde_json::from_str(&text)
+    let state: TrainerState = serde_json::from_str(&text)
         .with_context(|| format!("{}: bad trainer state", dir.display()))?;
-    let (model, _) =
-        load_weights::<B, M>(model, &dir.join("model.safetensors"), LoadOptions::strict())?;
     let moments = read_checkpoint(&dir.join("optimizer.safetensors"))?
         .into_iter()
         .map(|(k, s)| {
@@ -146,34 +134,21 @@ where
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    opt.load_state(optimizer_step(&state), moments, device)?;
-    Ok((model, state))
+    opt.load_state(state.step, moments, device)?;
+    Ok(state)
 }
 
-/// Writes a model (HF layout, with the tokenizer of `tokenizer_dir` and `extra` files) into
-/// `dir` atomically: built under a temporary name, then renamed over the old one.
-pub fn save_model_dir<B, M>(
-    model: &M,
-    config: &BertConfig,
-    tokenizer: &bert_data::BertTokenizer,
-    dir: &Path,
-    extra: &[(&str, String)],
-) -> Result<()>
-where
-    B: burn::tensor::backend::Backend,
-    M: PretrainedBert<B>,
-{
+/// Writes a model directory (`best/`, `final/`) atomically: `fill` writes it under a
+/// temporary name, which is then renamed over the old one.
+pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_else(|| "model".into());
     let tmp = dir.with_file_name(format!(".{name}.tmp"));
     let _ = std::fs::remove_dir_all(&tmp);
-    save_pretrained(model, config, &tmp)?;
-    tokenizer.save(&tmp)?;
-    for (file, text) in extra {
-        write_atomically(&tmp.join(file), text.as_bytes())?;
-    }
+    std::fs::create_dir_all(&tmp)?;
+    fill(&tmp)?;
     let old = dir.with_file_name(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
