@@ -441,6 +441,12 @@ impl PretrainData {
                 bert_config.max_position_embeddings
             );
         }
+        if bert_config.type_vocab_size < 2 {
+            bail!(
+                "the model's type_vocab_size is {}: pretraining sequences have two segments (token type ids 0 and 1)",
+                bert_config.type_vocab_size
+            );
+        }
         bert_config.architectures = vec![Architecture::PreTraining.name().into()];
         if config.data.train_files.is_empty() {
             bail!("data.train_files is empty");

@@ -145,6 +145,39 @@ fn bad_task_kinds_and_bad_labels_are_clear() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unknown label") && err.contains(":2"), "{err}");
+    // A diverging run stops at the first non-finite loss or gradient norm, keeps the last
+    // checkpoint written before it and exports nothing.
+    let out = bert(&[
+        "finetune",
+        "--config",
+        cfg,
+        "--set",
+        "optimizer.learning_rate=1e30",
+        "--set",
+        "optimizer.max_grad_norm=0",
+        "--set",
+        "training.save_every_steps=1",
+    ]);
+    assert!(!out.status.success(), "a diverging run must stop");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("stopping; the last good checkpoint (step ") && !err.contains("panicked"),
+        "{err}"
+    );
+    let run = dir.path().join("bad");
+    assert!(!run.join("final").exists(), "nothing exported");
+    let last = std::fs::read_dir(run.join("checkpoints"))
+        .expect("checkpoints")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("step-"))
+        .max()
+        .expect("a checkpoint");
+    let weights = read_tensors(&run.join("checkpoints").join(last).join("model.safetensors"));
+    assert!(
+        weights.values().flatten().all(|v| v.is_finite()),
+        "the kept checkpoint is finite"
+    );
 }
 
 /// A config for `kind` over the tiny MLM fixture, with extra `[task]` lines.

@@ -187,7 +187,7 @@ fn bad_configs_and_diverging_runs_fail_clearly() {
     assert!(!out.status.success(), "a diverging run must stop");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("loss is") && err.contains("last good checkpoint"),
+        err.contains("loss is") && err.contains("no checkpoint had been written yet"),
         "{err}"
     );
     let out = bert(&[

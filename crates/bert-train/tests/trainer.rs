@@ -412,3 +412,72 @@ fn a_non_finite_loss_stops_the_run_without_saving_it() {
         .collect();
     assert_eq!(kept, vec![3], "only the good checkpoint");
 }
+
+#[test]
+fn weights_that_overflow_are_never_saved() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("inf");
+    let device = Default::default();
+    let mut t = training(4);
+    t.save_every_steps = 1;
+    let run = RunDir::create(&dir, false, "").expect("run");
+    let devices = trainer::devices::<B>(&device, &t).expect("devices");
+    let config = TrainerConfig {
+        total_steps: 4,
+        training: t,
+        // Adam's first step moves every weight by about the learning rate: past f32's range.
+        optimizer: trainer::OptimizerConfig {
+            learning_rate: 1e39,
+            ..Default::default()
+        },
+        schedule: Default::default(),
+        best: BestMetric::minimize("score"),
+        what: "training",
+    };
+    let task = Regression::new();
+    let model = LinearConfig::new(IN, 1).init::<B>(&device);
+    let trainer = Trainer::new(run, config, devices, model, &task).expect("trainer");
+    let err = trainer.fit(&task, &mut Batches).expect_err("overflows");
+    assert!(
+        format!("{err:#}").contains("the weights are not finite at step 1"),
+        "{err:#}"
+    );
+    assert!(
+        trainer::checkpoint_dirs(&dir).is_empty(),
+        "no checkpoint written"
+    );
+    assert!(!dir.join("best").exists() && !dir.join("final").exists());
+}
+
+#[test]
+fn a_mis_shaped_optimizer_state_is_an_error_naming_the_tensor() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("run");
+    let mut first = training(6);
+    first.stop_after_steps = Some(3);
+    let best = || BestMetric::minimize("score");
+    train(&dir, false, first, best(), &Regression::new()).expect("first half");
+    let (_, checkpoint) = trainer::checkpoint_dirs(&dir).pop().expect("a checkpoint");
+    let path = checkpoint.join("optimizer.safetensors");
+    let bytes = std::fs::read(&path).expect("optimizer state");
+    let state = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let short = vec![0u8; 4 * 3];
+    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = Vec::new();
+    for (name, view) in state.tensors() {
+        let view = if name == "m.weight" {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![3], &short)
+                .expect("view")
+        } else {
+            view
+        };
+        tensors.push((name, view));
+    }
+    std::fs::write(
+        &path,
+        safetensors::serialize(tensors, None).expect("serialize"),
+    )
+    .expect("write");
+    let err = train(&dir, true, training(6), best(), &Regression::new()).expect_err("bad state");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("m.weight") && msg.contains("[3]"), "{msg}");
+}

@@ -151,6 +151,9 @@ fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Ids below this are special tokens in a small vocabulary's synthetic batch.
+const SPECIAL_IDS: usize = 5;
+
 /// The synthetic pretraining batch (seeded): see the module docs.
 pub fn synthetic_batch(
     batch: usize,
@@ -162,7 +165,7 @@ pub fn synthetic_batch(
     let (cls, sep, mask, first) = if vocab > 1000 {
         (101, 102, 103, 999)
     } else {
-        (2, 3, 4, 5)
+        (2, 3, 4, SPECIAL_IDS as i64)
     };
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mid = seq / 2;
@@ -215,6 +218,17 @@ fn bench_train<B: AutodiffBackend>(
         bail!(
             "data.max_seq_length {seq} exceeds max_position_embeddings {}",
             bert_config.max_position_embeddings
+        );
+    }
+    if seq < 3 {
+        bail!(
+            "data.max_seq_length {seq}: a benchmark batch needs at least 3 tokens ([CLS] … [SEP] … [SEP])"
+        );
+    }
+    if bert_config.vocab_size <= SPECIAL_IDS {
+        bail!(
+            "model.vocab_size {}: a benchmark batch needs more than {SPECIAL_IDS} ids (the special tokens come first)",
+            bert_config.vocab_size
         );
     }
     let seed = config.training.seed;

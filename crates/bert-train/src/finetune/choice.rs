@@ -54,11 +54,12 @@ fn forward<B: Backend>(
         bail!("every example of a batch needs the same number of choices");
     }
     let (input, _) = input_of(
+        &model.bert,
         rows.iter()
             .flat_map(|r| r.pairs.iter().map(|(i, t)| (i.as_slice(), t.as_slice()))),
         pad,
         device,
-    );
+    )?;
     Ok(model.forward(input, choices))
 }
 

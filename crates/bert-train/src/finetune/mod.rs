@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bert_data::{BertTokenizer, Padding, Truncation, pad_rows, seeds};
-use bert_model::{Architecture, BertConfig, BertInput, LoadOptions, PretrainedBert};
+use bert_model::{Architecture, BertConfig, BertInput, BertModel, LoadOptions, PretrainedBert};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, ElementConversion, Int, Tensor, TensorData};
@@ -180,6 +180,15 @@ impl Setup {
         let tokenizer = BertTokenizer::from_dir(&init_dir)
             .with_context(|| format!("cannot load the tokenizer of {}", init_dir.display()))?;
         let bert_config = config.model.bert_config(Some(&init_dir))?;
+        let mut config = config;
+        let positions = bert_config.max_position_embeddings;
+        if config.task.max_length() > positions {
+            eprintln!(
+                "warning: task.max_length {} is more than the model's max_position_embeddings {positions}; inputs are cut to {positions} tokens",
+                config.task.max_length()
+            );
+            config.task.max_length = Some(positions);
+        }
         let truncating =
             tokenizer.with_truncation(config.task.max_length(), Truncation::LongestFirst)?;
         Ok(Self {
@@ -268,12 +277,38 @@ pub(crate) fn first<T>(mut items: Vec<T>, limit: Option<usize>) -> Vec<T> {
 }
 
 /// Pads rows of `(ids, type ids)` to the longest one: the model input and the padded length.
+/// Ids must fit `bert`'s tables (`vocab_size` token ids, `type_vocab_size` segment ids, rows
+/// no longer than `max_position_embeddings`): an id outside them is an error, not an
+/// out-of-bounds read.
 pub(crate) fn input_of<'a, B: Backend>(
+    bert: &BertModel<B>,
     rows: impl IntoIterator<Item = (&'a [u32], &'a [u32])>,
     pad: u32,
     device: &Device<B>,
-) -> (BertInput<B>, usize) {
+) -> Result<(BertInput<B>, usize)> {
     let rows: Vec<(&[u32], &[u32])> = rows.into_iter().collect();
+    let e = &bert.embeddings;
+    let vocab = e.word_embeddings.weight.dims()[0];
+    let types = e.token_type_embeddings.weight.dims()[0];
+    let positions = e.position_embeddings.weight.dims()[0];
+    for (ids, type_ids) in &rows {
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!(
+                "token id {id} is outside the model's vocabulary of {vocab} (a tokenizer that does not match the model?)"
+            );
+        }
+        if let Some(t) = type_ids.iter().find(|&&t| t as usize >= types) {
+            bail!(
+                "token type id {t} is outside the model's type_vocab_size {types} (text pairs need 2)"
+            );
+        }
+        if ids.len() > positions {
+            bail!(
+                "an input of {} tokens is longer than the model's max_position_embeddings {positions}",
+                ids.len()
+            );
+        }
+    }
     let masks: Vec<Vec<u32>> = rows.iter().map(|r| vec![1; r.0.len()]).collect();
     let padded = pad_rows(
         rows.iter()
@@ -282,10 +317,10 @@ pub(crate) fn input_of<'a, B: Backend>(
         pad,
         Padding::default(),
     );
-    (
+    Ok((
         bert_data::tensors::bert_input(&padded, device),
         padded.seq_len,
-    )
+    ))
 }
 
 /// Class ids as a `[n]` tensor.

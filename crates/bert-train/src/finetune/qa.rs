@@ -45,8 +45,9 @@ fn forward<B: Backend>(
     rows: &[&QaFeature],
     pad: u32,
     device: &Device<B>,
-) -> (Tensor<B, 2>, Tensor<B, 2>, usize) {
+) -> Result<(Tensor<B, 2>, Tensor<B, 2>, usize)> {
     let (input, seq_len) = input_of(
+        &model.bert,
         rows.iter().map(|r| {
             (
                 r.encoding.input_ids.as_slice(),
@@ -55,9 +56,9 @@ fn forward<B: Backend>(
         }),
         pad,
         device,
-    );
+    )?;
     let (s, e, _) = model.forward(input, false);
-    (s, e, seq_len)
+    Ok((s, e, seq_len))
 }
 
 /// Padding must never be picked: its logits are pushed far down before the softmax.
@@ -111,7 +112,7 @@ fn answers<B: Backend>(
     let mut found: Vec<Vec<Answer>> = vec![Vec::new(); examples.len()];
     for chunk in feats.chunks(batch_size.max(1)) {
         let refs: Vec<&QaFeature> = chunk.iter().collect();
-        let (s, e, t) = forward(model, &refs, pad, device);
+        let (s, e, t) = forward(model, &refs, pad, device)?;
         let (s, e) = (host(s)?, host(e)?);
         for (r, f) in chunk.iter().enumerate() {
             let n = f.encoding.len();
@@ -226,7 +227,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         "f1",
         |model, idx, device| {
             let rows: Vec<&QaFeature> = idx.iter().map(|&i| &train_features[i]).collect();
-            let (s, e, _) = forward(model, &rows, pad, device);
+            let (s, e, _) = forward(model, &rows, pad, device)?;
             let starts = targets(
                 rows.iter().map(|r| r.start_position as i64).collect(),
                 device,

@@ -63,13 +63,14 @@ fn forward<B: Backend>(
     rows: &[&Row],
     pad: u32,
     device: &Device<B>,
-) -> Tensor<B, 2> {
+) -> Result<Tensor<B, 2>> {
     let (input, _) = input_of(
+        &model.bert,
         rows.iter().map(|r| (r.ids.as_slice(), r.types.as_slice())),
         pad,
         device,
-    );
-    model.forward(input, false).0
+    )?;
+    Ok(model.forward(input, false).0)
 }
 
 fn loss<B: Backend>(logits: Tensor<B, 2>, rows: &[&Row], device: &Device<B>) -> Tensor<B, 1> {
@@ -116,7 +117,7 @@ fn evaluate<B: Backend>(
     let mut outputs: Vec<Vec<f32>> = Vec::new();
     for chunk in rows.chunks(batch_size.max(1)) {
         let refs: Vec<&Row> = chunk.iter().collect();
-        let logits = forward(model, &refs, pad, device);
+        let logits = forward(model, &refs, pad, device)?;
         let [n, c] = logits.dims();
         let v = host(logits)?;
         outputs.extend((0..n).map(|i| v[i * c..(i + 1) * c].to_vec()));
@@ -215,7 +216,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
         main,
         |model, idx, device| {
             let rows: Vec<&Row> = idx.iter().map(|&i| &train_rows[i]).collect();
-            let logits = forward(model, &rows, pad, device);
+            let logits = forward(model, &rows, pad, device)?;
             Ok(BatchLoss {
                 loss: loss(logits, &rows, device),
                 tokens: rows.iter().map(|r| r.ids.len()).sum(),
@@ -273,7 +274,7 @@ pub(crate) fn predict<B: Backend>(
             });
         }
         let refs: Vec<&Row> = rows.iter().collect();
-        let logits = forward(&model, &refs, pad, device);
+        let logits = forward(&model, &refs, pad, device)?;
         let [n, c] = logits.dims();
         let v = host(logits)?;
         for i in 0..n {

@@ -35,8 +35,9 @@ fn forward<B: Backend>(
     rows: &[&TokenClassificationFeature],
     pad: u32,
     device: &Device<B>,
-) -> (Tensor<B, 3>, usize) {
+) -> Result<(Tensor<B, 3>, usize)> {
     let (input, seq_len) = input_of(
+        &model.bert,
         rows.iter().map(|r| {
             (
                 r.encoding.input_ids.as_slice(),
@@ -45,8 +46,8 @@ fn forward<B: Backend>(
         }),
         pad,
         device,
-    );
-    (model.forward(input, false).0, seq_len)
+    )?;
+    Ok((model.forward(input, false).0, seq_len))
 }
 
 fn loss<B: Backend>(
@@ -54,8 +55,8 @@ fn loss<B: Backend>(
     rows: &[&TokenClassificationFeature],
     pad: u32,
     device: &Device<B>,
-) -> Tensor<B, 1> {
-    let (logits, seq_len) = forward(model, rows, pad, device);
+) -> Result<Tensor<B, 1>> {
+    let (logits, seq_len) = forward(model, rows, pad, device)?;
     let [b, t, c] = logits.dims();
     let mut positions = Vec::new();
     let mut labels = Vec::new();
@@ -68,7 +69,7 @@ fn loss<B: Backend>(
         }
     }
     if positions.is_empty() {
-        return Tensor::zeros([1], device);
+        return Ok(Tensor::zeros([1], device));
     }
     let n = positions.len();
     let flat = logits.reshape([b * t, c]);
@@ -76,7 +77,10 @@ fn loss<B: Backend>(
         0,
         Tensor::<B, 1, Int>::from_data(TensorData::new(positions, [n]), device),
     );
-    bert_model::loss::cross_entropy(picked, targets(labels, device))
+    Ok(bert_model::loss::cross_entropy(
+        picked,
+        targets(labels, device),
+    ))
 }
 
 /// Per word: `(tag id, probability)`, `None` for words cut off by truncation.
@@ -97,7 +101,7 @@ fn word_tags<B: Backend>(
         .zip(num_words.chunks(batch_size.max(1)))
     {
         let refs: Vec<&TokenClassificationFeature> = chunk.iter().collect();
-        let (logits, seq_len) = forward(model, &refs, pad, device);
+        let (logits, seq_len) = forward(model, &refs, pad, device)?;
         let c = logits.dims()[2];
         let v = host(logits)?;
         for (r, (f, &n)) in chunk.iter().zip(words).enumerate() {
@@ -208,7 +212,7 @@ pub(crate) fn train<B: AutodiffBackend>(setup: &Setup, device: &Device<B>) -> Re
             let rows: Vec<&TokenClassificationFeature> =
                 idx.iter().map(|&i| &train_features[i]).collect();
             Ok(BatchLoss {
-                loss: loss(model, &rows, pad, device),
+                loss: loss(model, &rows, pad, device)?,
                 tokens: rows.iter().map(|r| r.encoding.len()).sum(),
             })
         },
@@ -386,8 +390,8 @@ mod tests {
         let model = BertForTokenClassification::<B>::new(&config, &device);
         let model = burn::module::Module::no_grad(model);
         let rows: Vec<&TokenClassificationFeature> = features.iter().collect();
-        let got = f64::from(loss(&model, &rows, 0, &device).into_scalar());
-        let (logits, t) = forward(&model, &rows, 0, &device);
+        let got = f64::from(loss(&model, &rows, 0, &device).expect("loss").into_scalar());
+        let (logits, t) = forward(&model, &rows, 0, &device).expect("forward");
         let v = host(logits).expect("host");
         let mut total = 0.0;
         let mut n = 0.0;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use bert_model::checkpoint::{read_checkpoint, write_atomically, write_safetensors};
+use burn::module::AutodiffModule;
 use burn::tensor::Device;
 use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
@@ -104,9 +105,11 @@ where
         &tmp.join("trainer_state.json"),
         serde_json::to_string_pretty(state)?.as_bytes(),
     )?;
+    sync_tree(&tmp)?;
     let target = root.join(&name);
     let _ = std::fs::remove_dir_all(&target);
     std::fs::rename(&tmp, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    sync_dir(&root)?;
     let all = checkpoint_dirs(out);
     if all.len() > keep.max(1) {
         for (_, old) in &all[..all.len() - keep.max(1)] {
@@ -118,9 +121,10 @@ where
 
 /// Reads a checkpoint's trainer state and restores its optimizer moments into `opt` (the
 /// weights are the task's to load).
-pub fn load_state<B: AutodiffBackend>(
+pub fn load_state<B: AutodiffBackend, M: AutodiffModule<B>>(
     dir: &Path,
     opt: &mut AdamW<B>,
+    model: &M,
     device: &Device<B>,
 ) -> Result<TrainerState> {
     let text = std::fs::read_to_string(dir.join("trainer_state.json"))?;
@@ -134,7 +138,8 @@ pub fn load_state<B: AutodiffBackend>(
                 .map_err(|e| anyhow::anyhow!("{e:?}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    opt.load_state(state.step, moments, device)?;
+    opt.load_state(state.step, moments, model, device)
+        .with_context(|| format!("cannot resume from {}", dir.display()))?;
     Ok(state)
 }
 
@@ -149,22 +154,53 @@ pub fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
     fill(&tmp)?;
+    sync_tree(&tmp)?;
     let old = dir.with_file_name(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
         std::fs::rename(dir, &old)?;
     }
     std::fs::rename(&tmp, dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
 
-/// The error that stops a run whose loss is NaN or infinite (`step` counts from 1).
-pub fn diverged(loss: f64, step: u64, out: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "loss is {loss} at step {step}: stopping; the last good checkpoint is kept in {}",
-        out.join("checkpoints").display()
-    )
+/// Flushes every file of `dir` (not recursive: model directories are flat) and then `dir`
+/// itself to the disk, so that the rename that publishes it never points at data still in
+/// the page cache (a power loss would leave an empty "complete" directory).
+fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot flush {}", path.display()))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// Flushes a directory's entries (a rename into it) to the disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot flush {}", dir.display()))
+}
+
+/// The error that stops a run that diverged at `step` (counting from 1): `what` says how
+/// (`loss is NaN`, …). Nothing of that step is saved.
+pub fn diverged(what: &str, step: u64, out: &Path) -> anyhow::Error {
+    let kept = match checkpoint_dirs(out).last() {
+        Some((s, dir)) => format!(
+            "the last good checkpoint (step {s}) is kept in {}",
+            dir.display()
+        ),
+        None => "no checkpoint had been written yet".to_string(),
+    };
+    anyhow::anyhow!("{what} at step {step}: stopping; {kept}")
 }
 
 /// Whether something is due at `step` when it happens every `every` steps (0: never).

@@ -195,7 +195,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                             .map_err(|e| anyhow!("replica {rank}: collective register: {e:?}"))?;
                         let mut model = model.fork(&device);
                         let mut opt = AdamW::<B>::new(optimizer);
-                        opt.load_state(opt_step, tensors, &device)?;
+                        opt.load_state(opt_step, tensors, &model, &device)?;
                         while let Ok(job) = job_receiver.recv() {
                             B::seed(&device, seeds::dropout(seed, job.step, rank));
                             let (next, stats, _) = replica_step(

@@ -160,7 +160,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
         let (model, state) = match run.resume_from() {
             Some(dir) => {
                 let model = task.load(model, dir, &device)?;
-                let state = checkpoint::load_state(dir, &mut opt, &device)?;
+                let state = checkpoint::load_state(dir, &mut opt, &model, &device)?;
                 eprintln!("resumed from {} at step {}", dir.display(), state.step);
                 (model, state)
             }
@@ -279,10 +279,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                     stats.merge(s);
                 }
                 let loss = stats.loss(n);
+                // The weights of a diverged step are never saved: the last checkpoint stays
+                // the last good one.
                 if !loss.is_finite() {
-                    // The weights of this step are not saved: the last checkpoint stays the
-                    // last good one.
-                    return Err(checkpoint::diverged(loss, step + 1, &out));
+                    return Err(checkpoint::diverged(
+                        &format!("loss is {loss}"),
+                        step + 1,
+                        &out,
+                    ));
+                }
+                if !opt_stats.grad_norm.is_finite() {
+                    let what = format!("gradient norm is {}", opt_stats.grad_norm);
+                    return Err(checkpoint::diverged(&what, step + 1, &out));
                 }
                 run.state.step += 1;
                 run.state.examples += stats.examples() as u64;
@@ -407,6 +415,7 @@ impl Run<'_> {
                 )
             })?;
         if best.improves(value, self.state.best) {
+            self.check_finite(&inner)?;
             self.state.best = Some(value);
             self.state.best_step = Some(self.state.step);
             self.state.evals_without_improvement = 0;
@@ -424,6 +433,21 @@ impl Run<'_> {
         }
         self.state.last_eval = line;
         Ok(true)
+    }
+
+    /// Fails (as a divergence) instead of writing weights that are not all finite.
+    fn check_finite<B: burn::tensor::backend::Backend, N: burn::module::Module<B>>(
+        &self,
+        model: &N,
+    ) -> Result<()> {
+        if optim::all_finite(model) {
+            return Ok(());
+        }
+        Err(checkpoint::diverged(
+            "the weights are not finite",
+            self.state.step,
+            self.dir.path(),
+        ))
     }
 
     /// Whether `early_stopping_patience` evaluations passed without improvement (announced).
@@ -452,6 +476,7 @@ impl Run<'_> {
         opt: &AdamW<B>,
     ) -> Result<()> {
         let inner = model.valid();
+        self.check_finite(&inner)?;
         checkpoint::save_checkpoint(
             self.dir.path(),
             self.state.step,
@@ -474,6 +499,7 @@ impl Run<'_> {
             .then(|| serde_json::to_string_pretty(&eval))
             .transpose()?;
         let inner = model.valid();
+        self.check_finite(&inner)?;
         checkpoint::write_dir(&out.join("final"), |dir| {
             task.save(&inner, dir, SaveKind::Export)?;
             if let Some(text) = &eval_text {

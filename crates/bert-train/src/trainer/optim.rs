@@ -212,6 +212,49 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
     }
 }
 
+/// The number of values of each float parameter, by path.
+struct ParamSizes<B> {
+    path: Vec<String>,
+    sizes: BTreeMap<String, usize>,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamSizes<B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.sizes
+            .insert(self.path.join("."), param.shape().num_elements());
+    }
+}
+
+/// Whether every float parameter of a module is finite (reads each back: for the rare
+/// moments a model is written).
+pub fn all_finite<B: Backend, M: burn::module::Module<B>>(model: &M) -> bool {
+    struct Finite {
+        ok: bool,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Finite {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.ok {
+                let v = param.val();
+                let bad = v.clone().is_nan().any().into_scalar().elem::<bool>()
+                    || v.is_inf().any().into_scalar().elem::<bool>();
+                self.ok = !bad;
+            }
+        }
+    }
+    let mut f = Finite { ok: true };
+    model.visit(&mut f);
+    f.ok
+}
+
 /// Statistics of one optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepStats {
@@ -292,18 +335,40 @@ impl<B: AutodiffBackend> AdamW<B> {
         (self.step, tensors)
     }
 
-    /// Restores what [`AdamW::state`] saved.
-    pub fn load_state(
+    /// Restores what [`AdamW::state`] saved, checked against `model`: every moment must
+    /// belong to a parameter of the model (by path) and hold as many values as it; an entry
+    /// that does not is an error naming it.
+    pub fn load_state<M: AutodiffModule<B>>(
         &mut self,
         step: u64,
         tensors: Vec<(String, TensorData)>,
+        model: &M,
         device: &burn::tensor::Device<B::InnerBackend>,
     ) -> anyhow::Result<()> {
+        let mut sizes = ParamSizes::<B> {
+            path: Vec::new(),
+            sizes: BTreeMap::new(),
+            backend: std::marker::PhantomData,
+        };
+        model.visit(&mut sizes);
         self.step = step;
         self.moments.clear();
         let mut m = BTreeMap::new();
         let mut v = BTreeMap::new();
         for (name, data) in tensors {
+            let param = name
+                .strip_prefix("m.")
+                .or_else(|| name.strip_prefix("v."))
+                .unwrap_or(&name);
+            let Some(&size) = sizes.sizes.get(param) else {
+                anyhow::bail!("optimizer state: {name} belongs to no parameter of the model");
+            };
+            if data.shape.len() != 1 || data.shape[0] != size {
+                anyhow::bail!(
+                    "optimizer state: {name} has shape {:?}, the parameter {param} has {size} values",
+                    data.shape
+                );
+            }
             let tensor = Tensor::<B::InnerBackend, 1>::from_data(data, device);
             if let Some(path) = name.strip_prefix("m.") {
                 m.insert(path.to_string(), tensor);
@@ -454,6 +519,88 @@ mod tests {
         let (step, state) = opt.state();
         assert_eq!(step, 1);
         assert!(state.iter().any(|(k, _)| k == "m.dense.weight"));
+    }
+
+    /// Two AdamW steps against a hand computation in f64 with one global gradient norm:
+    /// step 1's gradient `[3, 4 | 1]` (norm √26) is clipped to norm 1 as a whole, step 2's
+    /// (a tenth of it) is not. Adam's scale invariance hides clipping in one step, not in two;
+    /// per-tensor clipping (`[3, 4] / 5`, `1`) or none give other weights, checked to differ.
+    #[test]
+    fn global_norm_clipping_matches_a_hand_computation_over_two_steps() {
+        let device = Default::default();
+        let mut dense = LinearConfig::new(2, 1).init::<AB>(&device);
+        dense.weight = Param::from_tensor(Tensor::from_floats([[0.3], [-0.2]], &device));
+        dense.bias = Some(Param::from_tensor(Tensor::from_floats([0.1], &device)));
+        let model = Tiny::<AB> {
+            dense,
+            layer_norm: LayerNormConfig::new(1).init(&device),
+        };
+        let config = OptimizerConfig {
+            learning_rate: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            ..Default::default()
+        };
+        let mut opt = AdamW::<AB>::new(config.clone());
+        let x = Tensor::<AB, 2>::from_floats([[3.0, 4.0]], &device);
+        let mut model = model;
+        let mut norms = Vec::new();
+        for c in [1.0f32, 0.1] {
+            let grads = (model.dense.forward(x.clone()).sum() * c).backward();
+            let (next, stats) = opt.step(model, grads, 0.1);
+            model = next;
+            norms.push(stats.grad_norm);
+        }
+        assert!(
+            (norms[0] - 26f64.sqrt()).abs() < 1e-5 && (norms[1] - 0.1 * 26f64.sqrt()).abs() < 1e-5
+        );
+        // The same two steps by hand; `clip` maps a step's gradient to the clipped one.
+        let adam = |clip: &dyn Fn(&[f64; 3]) -> [f64; 3]| -> [f64; 3] {
+            let (b1, b2, eps, lr) = (0.9f64, 0.999f64, 1e-6f64, 0.1f64);
+            let mut w = [0.3f64, -0.2, 0.1];
+            let (mut m, mut v) = ([0.0f64; 3], [0.0f64; 3]);
+            for (t, c) in [(1, 1.0), (2, 0.1)] {
+                let g = clip(&[3.0 * c, 4.0 * c, c]);
+                for i in 0..3 {
+                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let m_hat = m[i] / (1.0 - b1.powi(t));
+                    let v_hat = v[i] / (1.0 - b2.powi(t));
+                    w[i] -= lr * m_hat / (v_hat.sqrt() + eps);
+                }
+            }
+            w
+        };
+        let global = adam(&|g| {
+            let n = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt();
+            let s = if n > 1.0 { 1.0 / (n + 1e-6) } else { 1.0 };
+            [g[0] * s, g[1] * s, g[2] * s]
+        });
+        let per_tensor = adam(&|g| {
+            let n = (g[0] * g[0] + g[1] * g[1]).sqrt();
+            let s = if n > 1.0 { 1.0 / (n + 1e-6) } else { 1.0 };
+            [g[0] * s, g[1] * s, g[2].clamp(-1.0, 1.0)]
+        });
+        let none = adam(&|g| *g);
+        let w: Vec<f32> = model.dense.weight.val().into_data().to_vec().expect("w");
+        let b: Vec<f32> = model
+            .dense
+            .bias
+            .as_ref()
+            .expect("b")
+            .val()
+            .into_data()
+            .to_vec()
+            .expect("b");
+        let ours = [f64::from(w[0]), f64::from(w[1]), f64::from(b[0])];
+        let gap =
+            |a: &[f64; 3], b: &[f64; 3]| (0..3).map(|i| (a[i] - b[i]).abs()).fold(0.0, f64::max);
+        assert!(gap(&ours, &global) < 1e-5, "{ours:?} vs {global:?}");
+        assert!(
+            gap(&global, &per_tensor) > 1e-3,
+            "per-tensor clipping is told apart"
+        );
+        assert!(gap(&global, &none) > 1e-3, "no clipping is told apart");
     }
 
     /// Two accumulated half batches (mean losses) give the update of the whole batch.
