@@ -20,8 +20,12 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "offline build guard: no LLVM-downloading crate in the dependency tree"
-if cargo tree --workspace --all-features -e normal,build --prefix none 2>/dev/null \
-    | grep -E '^(tracel-llvm-bundler|cubecl-llvm|cubecl-cpu) ' ; then
+# The tree is captured first: a failing `cargo tree` must fail the guard, not pass it.
+if ! tree=$(cargo tree --workspace --all-features -e normal,build --prefix none); then
+  echo "error: cargo tree failed, so the offline build guard could not check the tree" >&2
+  exit 1
+fi
+if grep -E '^(tracel-llvm-bundler|cubecl-llvm|cubecl-cpu) ' <<<"$tree"; then
   echo "error: a Burn feature pulls a crate that downloads LLVM at build time" >&2
   exit 1
 fi

@@ -31,6 +31,14 @@ pub enum DataError {
     /// An input does not fit the requested encoding (too long, empty, …).
     #[error("{0}")]
     Encoding(String),
+    /// A prepared-corpus shard file does not hold what its index describes.
+    #[error("{path}: {message}; re-run `bert data prepare`")]
+    CorruptShard {
+        /// The shard file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl DataError {

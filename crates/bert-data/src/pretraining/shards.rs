@@ -16,7 +16,10 @@
 //! cores (rayon), writes each shard under a temporary name and renames it, and rewrites the
 //! index after each shard: a re-run skips sources whose size and modification time are
 //! unchanged (incremental), and an interrupted run loses at most the shard in progress.
-//! A prepared directory records the SHA-256 of its tokenizer and refuses another one.
+//! A prepared directory records the SHA-256 of its tokenizer and refuses another one. Opening it
+//! checks every shard against the index: file sizes, and boundaries that rise strictly and end
+//! at the token and sentence counts, so a corrupted shard is an error naming its file, not a
+//! panic while reading.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -446,9 +449,37 @@ fn map(path: &Path) -> Result<memmap2::Mmap, DataError> {
     unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(path, e))
 }
 
-fn as_slice<'a, T: bytemuck::Pod>(bytes: &'a [u8], path: &str) -> Result<&'a [T], DataError> {
-    bytemuck::try_cast_slice(bytes)
-        .map_err(|e| DataError::Encoding(format!("shard {path} is corrupt: {e}")))
+fn as_slice<'a, T: bytemuck::Pod>(bytes: &'a [u8], path: &Path) -> Result<&'a [T], DataError> {
+    bytemuck::try_cast_slice(bytes).map_err(|e| DataError::CorruptShard {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Checks a boundary file: each entry is the end offset (in `unit`s) of one item, so the
+/// entries rise strictly (the writer skips empty sentences and documents) from above 0 to
+/// exactly `total`. Reading trusts these offsets to slice the level below.
+fn check_ends(path: &Path, ends: &[u64], total: u64, unit: &str) -> Result<(), DataError> {
+    let corrupt = |message: String| DataError::CorruptShard {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut previous = 0u64;
+    for (k, &end) in ends.iter().enumerate() {
+        if end <= previous || end > total {
+            return Err(corrupt(format!(
+                "entry {k} ends at {unit} {end}, outside ({previous}, {total}]: boundaries must \
+                 rise strictly up to the {unit} count"
+            )));
+        }
+        previous = end;
+    }
+    if previous != total {
+        return Err(corrupt(format!(
+            "the last entry ends at {unit} {previous}, but the shard has {total} {unit}s"
+        )));
+    }
+    Ok(())
 }
 
 /// A prepared corpus, memory-mapped: documents are read from disk as they are used.
@@ -519,12 +550,24 @@ impl PreparedCorpus {
             ];
             for (found, want, what) in expect {
                 if found != want {
-                    return Err(DataError::Encoding(format!(
-                        "shard {}.{what} has {found} bytes, the index says {want}: re-run `bert data prepare`",
-                        info.name
-                    )));
+                    return Err(DataError::CorruptShard {
+                        path: file(what),
+                        message: format!("{found} bytes, the index says {want}"),
+                    });
                 }
             }
+            check_ends(
+                &file("sentences"),
+                as_slice(&shard.sentences, &file("sentences"))?,
+                info.tokens,
+                "token",
+            )?;
+            check_ends(
+                &file("documents"),
+                as_slice(&shard.documents, &file("documents"))?,
+                info.sentences,
+                "sentence",
+            )?;
             shards.push(shard);
             doc_starts.push(doc_starts.last().copied().unwrap_or(0) + info.documents as usize);
         }
@@ -559,9 +602,9 @@ impl Documents for PreparedCorpus {
     fn sentences(&self, index: usize) -> Vec<&[u32]> {
         let (s, local) = self.locate(index);
         let shard = &self.shards[s];
-        let name = &self.index.shards[s].name;
-        // Sizes were validated on open; a cast can only fail on a misaligned map, which mmap
-        // (page-aligned) rules out.
+        let name = Path::new(&self.index.shards[s].name);
+        // Sizes and boundaries were validated on open; a cast can only fail on a misaligned
+        // map, which mmap (page-aligned) rules out.
         let (Ok(tokens), Ok(sentence_ends), Ok(doc_ends)) = (
             as_slice::<u32>(&shard.tokens, name),
             as_slice::<u64>(&shard.sentences, name),
@@ -753,5 +796,88 @@ mod tests {
         std::fs::write(&tokens, &bytes[..bytes.len() - 4]).expect("truncate");
         let err = PreparedCorpus::open(&out, Some(&tok)).expect_err("corrupt");
         assert!(err.to_string().contains("00000-a.tokens"), "{err}");
+    }
+
+    #[test]
+    fn garbage_boundaries_of_the_right_size_are_errors_naming_the_file() {
+        let (_v, tok) = tokenizer(VOCAB);
+        let data = tempfile::tempdir().expect("tempdir");
+        let out = data.path().join("prepared");
+        let options = PrepareOptions {
+            inputs: corpus(data.path()),
+            output: out.clone(),
+            chunk_lines: 100,
+            progress: false,
+        };
+        prepare(&options, &tok).expect("prepare");
+        let read = |ext: &str| -> Vec<u64> {
+            std::fs::read(out.join(format!("00000-a.{ext}")))
+                .expect("read")
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect()
+        };
+        let (sentences, documents) = (read("sentences"), read("documents"));
+        // a.txt: 4 sentences in 3 documents.
+        assert_eq!((sentences.len(), documents.len()), (4, 3));
+        let n = sentences.len() as u64;
+        let mut swapped = sentences.clone();
+        swapped.swap(0, 1);
+        let cases: Vec<(&str, Vec<u64>, &str)> = vec![
+            (
+                "documents",
+                vec![u64::MAX, documents[1], documents[2]],
+                "entry 0",
+            ),
+            ("documents", vec![documents[0], documents[0], n], "entry 1"),
+            (
+                "documents",
+                vec![documents[0], documents[1], n - 1],
+                "entry 2",
+            ),
+            (
+                "documents",
+                vec![documents[0], documents[1], n + 1],
+                "entry 2",
+            ),
+            (
+                "sentences",
+                vec![0, sentences[1], sentences[2], sentences[3]],
+                "entry 0",
+            ),
+            ("sentences", swapped, "entry 1"),
+            (
+                "sentences",
+                vec![sentences[0], 1 << 40, sentences[2], sentences[3]],
+                "entry 1",
+            ),
+            (
+                "sentences",
+                vec![sentences[0], sentences[1], sentences[2], 1],
+                "entry 3",
+            ),
+            (
+                "sentences",
+                vec![sentences[0], sentences[1], sentences[2], sentences[2] + 1],
+                "last entry",
+            ),
+        ];
+        for (ext, entries, what) in cases {
+            let path = out.join(format!("00000-a.{ext}"));
+            let original = std::fs::read(&path).expect("read");
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+            assert_eq!(bytes.len(), original.len(), "the size stays right");
+            std::fs::write(&path, &bytes).expect("overwrite");
+            let err = PreparedCorpus::open(&out, Some(&tok))
+                .expect_err(&format!("{ext} {entries:?} must be refused"));
+            let DataError::CorruptShard { path: named, .. } = &err else {
+                panic!("{ext} {entries:?}: {err}");
+            };
+            assert_eq!(named, &path, "{err}");
+            assert!(err.to_string().contains(what), "{ext} {entries:?}: {err}");
+            std::fs::write(&path, &original).expect("restore");
+        }
+        let corpus = PreparedCorpus::open(&out, Some(&tok)).expect("restored");
+        assert_eq!(corpus.num_documents(), 4);
     }
 }
