@@ -73,12 +73,20 @@ impl Stats for Sum {
     }
 }
 
+/// How a forward pass fails on purpose.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Error,
+    Panic,
+}
+
 /// The regression task; `score` is the metric evaluations report (by default the dev MSE),
-/// `nan_at` makes the loss NaN from that step's forward on.
+/// `nan_at` makes the loss NaN from that forward pass on, `fail_at` fails that forward pass.
 struct Regression {
     dev: Batch,
     score: fn(step: u64, mse: f64) -> f64,
     nan_at: Option<u64>,
+    fail_at: Option<(u64, Fault)>,
     forwards: AtomicU64,
     evaluations: AtomicU64,
 }
@@ -89,6 +97,7 @@ impl Regression {
             dev: Batch::random(64, 999),
             score: |_, mse| mse,
             nan_at: None,
+            fail_at: None,
             forwards: AtomicU64::new(0),
             evaluations: AtomicU64::new(0),
         }
@@ -107,6 +116,11 @@ impl<B: AutodiffBackend> Objective<B> for Regression {
         device: &Device<B>,
     ) -> Result<(Tensor<B, 1>, Sum)> {
         let forward = self.forwards.fetch_add(1, Ordering::SeqCst);
+        match self.fail_at {
+            Some((f, Fault::Error)) if f == forward => anyhow::bail!("injected failure"),
+            Some((f, Fault::Panic)) if f == forward => panic!("injected panic"),
+            _ => {}
+        }
         let mut loss = batch.mse(model, device);
         if self.nan_at.is_some_and(|s| forward >= s) {
             loss = loss * f32::NAN;
@@ -480,4 +494,39 @@ fn a_mis_shaped_optimizer_state_is_an_error_naming_the_tensor() {
     let err = train(&dir, true, training(6), best(), &Regression::new()).expect_err("bad state");
     let msg = format!("{err:#}");
     assert!(msg.contains("m.weight") && msg.contains("[3]"), "{msg}");
+}
+
+#[test]
+fn a_failing_replica_ends_a_data_parallel_run_with_its_message() {
+    for (fault, message) in [
+        (Fault::Error, "injected failure"),
+        (Fault::Panic, "injected panic"),
+    ] {
+        for fail_at in [4, 5] {
+            // Forward passes 4 and 5 are step 3's, on one replica or the other.
+            let (done, result) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let tmp = tempfile::tempdir().expect("tmp");
+                let mut t = training(8);
+                t.devices = vec![0, 0];
+                let task = Regression {
+                    fail_at: Some((fail_at, fault)),
+                    ..Regression::new()
+                };
+                let out = train(
+                    &tmp.path().join("run"),
+                    false,
+                    t,
+                    BestMetric::minimize("score"),
+                    &task,
+                );
+                let _ = done.send(out.map(|_| ()).map_err(|e| format!("{e:#}")));
+            });
+            let out = result
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the run ends instead of hanging in an all-reduce");
+            let err = out.expect_err("the run fails");
+            assert!(err.contains(message) && err.contains("replica"), "{err}");
+        }
+    }
 }

@@ -18,7 +18,9 @@ use std::thread::Scope;
 
 use anyhow::{Context, Result, anyhow};
 use bert_data::seeds;
-use burn::collective::{CollectiveConfig, PeerId, ReduceOperation, finish_collective, register};
+use burn::collective::{
+    CollectiveConfig, PeerId, ReduceOperation, finish_collective, register, reset_collective,
+};
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::prelude::DeviceOps;
@@ -138,12 +140,34 @@ pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
     let grads = match peer {
         Some(peer) => grads
             .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
-            .map_err(|e| anyhow!("all-reduce of the gradients failed: {e:?}"))?,
+            .map_err(|e| anyhow::Error::new(AllReduceCut(format!("{e:?}"))))?,
         None => grads,
     };
     let scale = 1.0 / micro_batches.max(1) as f64;
     let (model, step) = opt.step_params(model, &grads, scale, lr);
     Ok((model, stats, step))
+}
+
+/// An all-reduce that ended without a result: another replica failed and the collective was
+/// reset, or the collective broke. The failing replica's own error says why.
+#[derive(Debug, thiserror::Error)]
+#[error("the all-reduce of the gradients was cut off ({0})")]
+pub struct AllReduceCut(String);
+
+fn is_cut(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<AllReduceCut>().is_some()
+}
+
+/// Runs `f`, turning a panic into an error with its message.
+fn unpanicked<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(anyhow!("{what} panicked: {message}"))
+    })
 }
 
 /// A step's work for one worker replica.
@@ -216,8 +240,12 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                         finish_collective::<B::InnerBackend>(peer)
                             .map_err(|e| anyhow!("replica {rank}: {e:?}"))
                     };
-                    if let Err(e) = run() {
-                        let _ = results.send(Err(e));
+                    if let Err(e) = unpanicked(&format!("replica {rank}"), run) {
+                        // Wake every replica waiting for this one in an all-reduce: the run
+                        // ends with this error (see `Replicas::step`).
+                        reset_collective::<B::InnerBackend>();
+                        let _ =
+                            results.send(Err(e.context(format!("data-parallel replica {rank}"))));
                     }
                 });
             }
@@ -229,6 +257,26 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
             results,
             backend: PhantomData,
         })
+    }
+
+    /// The error a data-parallel step ends with when replica 0's part failed with `own`:
+    /// replica 0's own failure, or (when its all-reduce was cut off by another replica's
+    /// failure) that replica's error. Resets the collective first, so that no replica stays
+    /// blocked in an all-reduce.
+    fn first_failure(&self, own: anyhow::Error) -> anyhow::Error {
+        reset_collective::<B::InnerBackend>();
+        if !is_cut(&own) {
+            return own.context("data-parallel replica 0");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.results.recv_timeout(left) {
+                Ok(Err(e)) if !is_cut(&e) => return e,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        own
     }
 
     /// The collective id of replica 0 (the training loop's thread), `None` without data
@@ -266,16 +314,23 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
             .ok()
             .with_context(|| format!("replica {} stopped", rank + 1))?;
         }
-        let (model, own_stats, step_stats) = replica_step(
-            work,
-            model,
-            opt,
-            &own,
-            micro_batches,
-            self.peer(),
-            lr,
-            device,
-        )?;
+        let own = unpanicked("replica 0", || {
+            replica_step(
+                work,
+                model,
+                opt,
+                &own,
+                micro_batches,
+                self.peer(),
+                lr,
+                device,
+            )
+        });
+        let (model, own_stats, step_stats) = match own {
+            Ok(done) => done,
+            Err(e) if self.jobs.is_empty() => return Err(e),
+            Err(e) => return Err(self.first_failure(e)),
+        };
         let mut stats = vec![own_stats];
         for _ in &self.jobs {
             stats.push(
