@@ -3,15 +3,37 @@
 //! `Backend::seed` still makes a run reproducible and the mask does not depend on the number
 //! of threads.
 
-use burn::tensor::{Shape, TensorData};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::simd::splitmix64;
 
+/// `1 / keep` with probability `keep`, else 0, shaped as `like` on its device, not tracked:
+/// [`mask_data`] keyed by a seed drawn from the backend's RNG.
+pub(crate) fn dropout_mask<B: Backend, const D: usize>(
+    like: &Tensor<B, D>,
+    keep: f64,
+) -> Tensor<B, D> {
+    let device = like.device();
+    let seed = draw_seed::<B>(&device);
+    let data = mask_data(like.shape(), keep, seed);
+    Tensor::from_data(data, &device)
+}
+
+/// 64 random bits from the backend's RNG (four 16-bit draws, whatever the int type's width).
+fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
+    let draws = Tensor::<B, 1, Int>::random([4], Distribution::Uniform(0.0, 65536.0), device);
+    draws
+        .into_data()
+        .iter::<i64>()
+        .fold(0u64, |seed, d| (seed << 16) | (d as u64 & 0xffff))
+}
+
 /// A dropout mask: element `i` is `1 / keep` when the `i`-th 32-bit draw of
 /// [`splitmix64`]`(seed, ·)` (two per 64-bit output, low half first) is below
 /// `keep · 2³²`, else 0. Filled in parallel chunks; the result does not depend on them.
-pub(crate) fn dropout_mask(shape: Shape, keep: f64, seed: u64) -> TensorData {
+fn mask_data(shape: Shape, keep: f64, seed: u64) -> TensorData {
     /// Elements per rayon task (even, so a task starts on a whole 64-bit draw).
     const CHUNK: usize = 1 << 15;
     let threshold = (keep * 4_294_967_296.0).round().clamp(0.0, 4_294_967_296.0) as u64;
@@ -42,7 +64,7 @@ mod tests {
     #[test]
     fn dropout_mask_is_the_serial_stream() {
         let (len, keep, seed) = (3 * (1 << 15) + 4_321, 0.75, 0xdead_beef);
-        let mask = dropout_mask(Shape::new([len]), keep, seed)
+        let mask = mask_data(Shape::new([len]), keep, seed)
             .to_vec::<f32>()
             .expect("f32 data");
         let expected: Vec<f32> = (0..len)

@@ -18,13 +18,13 @@ const ROWS_PER_TASK: usize = 16;
 
 fn into_flex<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
     match x.into_primitive() {
-        TensorPrimitive::Float(t) => retype(t, "fused kernels take flex tensors (see active)"),
-        TensorPrimitive::QFloat(_) => panic!("fused kernels take float tensors (see active)"),
+        TensorPrimitive::Float(t) => retype(t, "fused kernels take flex tensors (see crate::ops)"),
+        TensorPrimitive::QFloat(_) => panic!("fused kernels take float tensors (see crate::ops)"),
     }
 }
 
 fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
-    let primitive = retype(t, "fused kernels return flex tensors (see active)");
+    let primitive = retype(t, "fused kernels return flex tensors (see crate::ops)");
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
@@ -33,7 +33,7 @@ fn owned<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
     into_flex(x)
         .into_data()
         .into_vec::<f32>()
-        .expect("fused kernels take f32 tensors (see active)")
+        .expect("fused kernels take f32 tensors (see crate::ops)")
 }
 
 /// A read-only contiguous f32 view of `x` (copied only when `x` is a strided view).
@@ -61,7 +61,7 @@ fn bias<B: Backend>(dense: &Linear<B>, width: usize) -> FlexTensor {
 }
 
 /// `activation(dense(x))` with exact GELU: `[batch_size, seq_length, d_in]` →
-/// `[batch_size, seq_length, d_out]`. Call only where [`active`](super::active) holds.
+/// `[batch_size, seq_length, d_out]`. Call only where `crate::ops` finds a flex f32 tensor.
 pub(crate) fn dense_gelu<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let (mut y, dims) = matmul(dense, x);
     let width = dims[2];
@@ -73,8 +73,8 @@ pub(crate) fn dense_gelu<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> Tens
 }
 
 /// `LayerNorm(dense(x) + residual)`: `x` `[batch_size, seq_length, d_in]`, `residual` and
-/// the result `[batch_size, seq_length, H]`. Call only where [`active`](super::active)
-/// holds.
+/// the result `[batch_size, seq_length, H]`. Call only where `crate::ops` finds a
+/// flex f32 tensor.
 pub(crate) fn dense_add_layer_norm<B: Backend>(
     dense: &Linear<B>,
     x: Tensor<B, 3>,
@@ -104,7 +104,7 @@ pub(crate) fn dense_add_layer_norm<B: Backend>(
 /// - `mask_bias`: `[batch_size, 1, 1, seq_length]` (see [`crate::attention_mask_bias`])
 /// - returns `[batch_size, seq_length, H]`
 ///
-/// Call only where [`active`](super::active) holds.
+/// Call only where `crate::ops` finds a flex f32 tensor.
 pub(crate) fn self_attention<B: Backend>(
     query: &Linear<B>,
     key: &Linear<B>,

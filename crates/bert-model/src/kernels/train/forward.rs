@@ -20,7 +20,7 @@ use crate::kernels::{from_vec, slice};
 /// - `mask_bias`: `[batch_size, 1, 1, seq_length]`, not differentiated
 /// - returns the probabilities, shaped as `scores`
 ///
-/// Backward: `dscores = scale · p ⊙ (dp − Σⱼ dpⱼ pⱼ)`. Call only where [`active`](super::active) holds.
+/// Backward: `dscores = scale · p ⊙ (dp − Σⱼ dpⱼ pⱼ)`. Call only on `Autodiff<Flex>` f32 tensors.
 pub(crate) fn masked_softmax<B: Backend>(
     scores: Tensor<B, 4>,
     mask_bias: Tensor<B, 4>,
@@ -62,7 +62,7 @@ pub(crate) fn masked_softmax<B: Backend>(
 /// `[batch_size, seq_length, heads · head_dim]` → contiguous `[batch_size, heads, seq_length,
 /// head_dim]` (`reshape` + `swap_dims(1, 2)`, copied in parallel once, instead of by each
 /// matmul that reads the strided view and again for the gradient). Backward:
-/// [`merge_heads`]. Call only where [`active`](super::active) holds.
+/// [`merge_heads`]. Call only on `Autodiff<Flex>` f32 tensors.
 pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [batch, seq, width] = x.dims();
     assert_eq!(
@@ -78,8 +78,8 @@ pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B
 }
 
 /// `[batch_size, heads, seq_length, head_dim]` → contiguous `[batch_size, seq_length,
-/// heads · head_dim]`, the inverse of [`split_heads`] (its backward). Call only where
-/// [`active`](super::active) holds.
+/// heads · head_dim]`, the inverse of [`split_heads`] (its backward). Call only on
+/// `Autodiff<Flex>` f32 tensors.
 pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let dims = x.dims();
     let out = record(PermuteHeads { split: false }, to_ad(x), |x| {
@@ -131,7 +131,7 @@ pub(super) fn permute_heads(
 /// LayerNorm over the last dimension: `(x − mean) / √(var + epsilon) · gamma + beta`, `x` of
 /// any rank `[..., width]`, `gamma` and `beta` `[width]`. Backward, per row with
 /// `ĝ = dy ⊙ gamma`: `dx = (ĝ − mean(ĝ) − x̂ mean(ĝ ⊙ x̂)) / √(var + epsilon)`; over rows:
-/// `dgamma = Σ dy ⊙ x̂`, `dbeta = Σ dy`. Call only where [`active`](super::active) holds.
+/// `dgamma = Σ dy ⊙ x̂`, `dbeta = Σ dy`. Call only on `Autodiff<Flex>` f32 tensors.
 pub(crate) fn layer_norm<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     gamma: Tensor<B, 1>,
@@ -194,7 +194,7 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets` `[n]` (class ids), as a
 /// `[1]` tensor: `mean_r(logsumexp(logits_r) − logits_r[target_r])`. Only the logits are
 /// differentiated: `dlogits = dloss / n · (softmax(logits) − onehot(target))`. Panics on a
-/// target outside `0..classes` (as Burn's gather). Call only where [`active`](super::active) holds.
+/// target outside `0..classes` (as Burn's gather). Call only on `Autodiff<Flex>` f32 tensors.
 pub(crate) fn cross_entropy<B: Backend>(
     logits: Tensor<B, 2>,
     targets: Tensor<B, 1, Int>,
@@ -244,7 +244,7 @@ pub(crate) fn cross_entropy<B: Backend>(
 }
 
 /// Exact GELU, `x Φ(x)`, elementwise on any shape. Backward: `dx = dy · (Φ(x) + x φ(x))`.
-/// Call only where [`active`](super::active) holds.
+/// Call only on `Autodiff<Flex>` f32 tensors.
 pub(crate) fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let out = record(Gelu, to_ad(x), |x| {
         let shape = x.layout().shape().clone();

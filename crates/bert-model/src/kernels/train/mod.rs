@@ -13,17 +13,15 @@
 //! | [`layer_norm`] | Burn's composed LayerNorm (mean, centre, variance, divide, scale, shift) |
 //! | [`split_heads`], [`merge_heads`] | `reshape` + `swap_dims(1, 2)`, copied by each matmul and backward `reshape` |
 //!
-//! The model and the losses call them where [`active`] holds and Burn's ops otherwise; tests
-//! compare values and gradients of both. Module `forward` holds the ops and their forward
+//! [`crate::ops`] calls them for `Autodiff<Flex>` tensors in f32 and Burn's ops otherwise;
+//! tests compare values and gradients of both. Module `forward` holds the ops and their forward
 //! loops, `backward` the recorded backward steps and their loops.
-
-use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::ops::{Backward, OpsKind};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorKind, TensorPrimitive};
+use burn::tensor::{Tensor, TensorKind, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use pulp::{Arch, Simd, WithSimd};
 
@@ -47,26 +45,21 @@ const ROWS_PER_TASK: usize = 64;
 /// Elements handed to one rayon task by the elementwise kernels.
 const ELEMENTS_PER_TASK: usize = 1 << 14;
 
-/// Whether the fused training ops take `x`: a tensor of `Autodiff<Flex>` in f32, kernels on.
-pub(crate) fn active<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
-    super::enabled() && x.dtype() == DType::F32 && TypeId::of::<B>() == TypeId::of::<Ad>()
-}
-
-/// A tensor of `B` as the `Autodiff<Flex>` tensor it is (see [`active`]), and back.
+/// A tensor of `B` as the `Autodiff<Flex>` tensor it is (`crate::ops` checks), and back.
 fn to_ad<B: Backend, const D: usize, K>(x: Tensor<B, D, K>) -> Tensor<Ad, D, K>
 where
     K: TensorKind<B> + TensorKind<Ad> + 'static,
 {
     retype(
         x,
-        "fused training ops take Autodiff<Flex> tensors (see active)",
+        "fused training ops take Autodiff<Flex> tensors (see crate::ops)",
     )
 }
 
 fn from_ad<B: Backend, const D: usize>(x: Tensor<Ad, D>) -> Tensor<B, D> {
     retype(
         x,
-        "fused training ops return Autodiff<Flex> tensors (see active)",
+        "fused training ops return Autodiff<Flex> tensors (see crate::ops)",
     )
 }
 
