@@ -6,9 +6,9 @@
 //! - the scale is folded into the mask (`x * mask`, one tracked multiply instead of two);
 //! - on Burn's flex CPU backend (crate feature `flex`) the mask is drawn in parallel from a
 //!   counter-based generator keyed by one seed taken from the backend's RNG, instead of element
-//!   by element from the backend's RNG on one thread (a tenth of a BERT-mini training step; see
-//!   [`crate::ops`]). The seed comes from the backend, so `Backend::seed` still makes a run
-//!   reproducible, and the mask does not depend on the number of threads.
+//!   by element from the backend's RNG on one thread (see [`crate::ops`]). The seed comes from
+//!   the backend, so `Backend::seed` still makes a run reproducible, and the mask does not
+//!   depend on the number of threads.
 //!
 //! ```
 //! use bert_model::dropout::DropoutConfig;
