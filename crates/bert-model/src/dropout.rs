@@ -6,9 +6,9 @@
 //! - the scale is folded into the mask (`x * mask`, one tracked multiply instead of two);
 //! - on Burn's flex CPU backend (crate feature `flex`) the mask is drawn in parallel from a
 //!   counter-based generator keyed by one seed taken from the backend's RNG, instead of element
-//!   by element from the backend's RNG on one thread (a tenth of a BERT-mini training step).
-//!   The seed comes from the backend, so `Backend::seed` still makes a run reproducible, and the
-//!   mask does not depend on the number of threads.
+//!   by element from the backend's RNG on one thread (see [`crate::ops`]). The seed comes from
+//!   the backend, so `Backend::seed` still makes a run reproducible, and the mask does not
+//!   depend on the number of threads.
 //!
 //! ```
 //! use bert_model::dropout::DropoutConfig;
@@ -28,8 +28,10 @@
 
 use burn::config::Config;
 use burn::module::Module;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+
+use crate::ops;
 
 /// Configuration of a [`Dropout`].
 #[derive(Config, Debug)]
@@ -67,33 +69,9 @@ impl Dropout {
         if self.prob == 1.0 {
             return input.zeros_like();
         }
-        let mask = keep_mask(&input, 1.0 - self.prob);
+        let mask = ops::dropout_mask(&input, 1.0 - self.prob);
         input * mask
     }
-}
-
-/// `1 / keep` with probability `keep`, else 0, shaped and typed as `like`, not tracked.
-fn keep_mask<B: Backend, const D: usize>(like: &Tensor<B, D>, keep: f64) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    if crate::kernels::host_dropout(like) {
-        let device = like.device();
-        let seed = draw_seed::<B>(&device);
-        let data = crate::kernels::dropout_mask(like.shape(), keep, seed);
-        return Tensor::from_data(data, &device);
-    }
-    like.random_like(Distribution::Bernoulli(keep))
-        .mul_scalar(1.0 / keep)
-}
-
-/// 64 random bits from the backend's RNG (four 16-bit draws, whatever the int type's width).
-#[cfg_attr(not(feature = "flex"), allow(dead_code))]
-fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
-    use burn::tensor::Int;
-    let draws = Tensor::<B, 1, Int>::random([4], Distribution::Uniform(0.0, 65536.0), device);
-    draws
-        .into_data()
-        .iter::<i64>()
-        .fold(0u64, |seed, d| (seed << 16) | (d as u64 & 0xffff))
 }
 
 #[cfg(test)]

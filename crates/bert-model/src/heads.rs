@@ -13,9 +13,8 @@ use burn::tensor::{Int, Tensor};
 use crate::config::{BertConfig, HiddenAct};
 use crate::dropout::Dropout;
 use crate::layer_norm::LayerNorm;
-use crate::model::{
-    BertInput, BertModel, BertModelOutput, activation, dropout, init_layer_norm, init_linear,
-};
+use crate::model::{BertInput, BertModel, BertModelOutput, dropout, init_layer_norm, init_linear};
+use crate::ops::{activation, dense};
 
 /// Dense + activation + LayerNorm before the MLM decoder (HF `BertPredictionHeadTransform`).
 #[derive(Module, Debug)]
@@ -289,7 +288,7 @@ impl<B: Backend> BertForTokenClassification<B> {
         output_hidden_states: bool,
     ) -> (Tensor<B, 3>, BertModelOutput<B>) {
         let bert = self.bert.forward(input, output_hidden_states);
-        let logits = crate::model::dense(
+        let logits = dense(
             &self.classifier,
             self.dropout.forward(bert.last_hidden_state.clone()),
         );
@@ -324,7 +323,7 @@ impl<B: Backend> BertForQuestionAnswering<B> {
     ) -> (Tensor<B, 2>, Tensor<B, 2>, BertModelOutput<B>) {
         let bert = self.bert.forward(input, output_hidden_states);
         let [batch, seq, _] = bert.last_hidden_state.dims();
-        let logits = crate::model::dense(&self.qa_outputs, bert.last_hidden_state.clone());
+        let logits = dense(&self.qa_outputs, bert.last_hidden_state.clone());
         let start = logits
             .clone()
             .slice([0..batch, 0..seq, 0..1])

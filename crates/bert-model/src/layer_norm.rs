@@ -8,7 +8,8 @@
 //!   gets no gradient on the first step);
 //! - it computes in the dtype of its own parameters (mixed precision keeps LayerNorm in f32, as
 //!   PyTorch's autocast does) and, on `Autodiff<Flex>` in f32, as one fused op with its own
-//!   backward (crate feature `flex`; Burn composes it from eight elementwise ops there).
+//!   backward (crate feature `flex`, see [`crate::ops`]; Burn composes it from eight elementwise
+//!   ops there).
 //!
 //! ```
 //! use bert_model::layer_norm::LayerNormConfig;
@@ -26,8 +27,10 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::ops;
 
 /// Configuration of a [`LayerNorm`].
 #[derive(Config, Debug)]
@@ -76,15 +79,6 @@ impl<B: Backend> LayerNorm<B> {
     fn normalize<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         let gamma = self.gamma.val();
         let beta = self.beta.as_ref().map(|b| b.val());
-        #[cfg(feature = "flex")]
-        if crate::kernels::train::active(&x) {
-            return crate::kernels::train::layer_norm(x, gamma, beta, self.epsilon);
-        }
-        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-            x.into_primitive().tensor(),
-            gamma.into_primitive().tensor(),
-            beta.map(|b| b.into_primitive().tensor()),
-            self.epsilon,
-        )))
+        ops::layer_norm(x, gamma, beta, self.epsilon)
     }
 }

@@ -27,9 +27,11 @@
 //!
 //! See `examples/custom_head.rs` for putting your own head on the encoder and training it.
 //!
-//! Crate feature `flex`: fused f32 inference kernels for Burn's flex CPU backend (see
-//! [`kernels`]); the model takes them by itself when its tensors are flex tensors, and runs the
-//! generic Burn ops everywhere else.
+//! Every module runs its tensor math through [`ops`], the one place that chooses, per op and
+//! per tensor, between a fused kernel and the generic Burn ops (which run on any backend).
+//! Crate feature `flex` adds fused f32 kernels for Burn's flex CPU backend (see [`kernels`]):
+//! inference kernels on `Flex`, training ops with their own backward on `Autodiff<Flex>`;
+//! [`ops::set_fused_kernels`] turns them off.
 
 pub mod architecture;
 pub mod checkpoint;
@@ -41,6 +43,7 @@ pub mod kernels;
 pub mod layer_norm;
 pub mod loss;
 pub mod model;
+pub mod ops;
 pub mod precision;
 
 pub use architecture::Architecture;

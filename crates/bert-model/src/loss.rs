@@ -1,18 +1,18 @@
 //! Losses of the task heads, as Hugging Face computes them (`torch.nn.CrossEntropyLoss`), and
 //! BERT's pretraining objective ([`BertForPreTraining::pretraining_loss`]).
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 
 use crate::heads::BertForPreTraining;
 use crate::model::BertInput;
+use crate::ops;
 
 /// Mean cross-entropy of `logits` `[n, classes]` against `targets` `[n]` (class ids in
 /// `0..classes`), as a `[1]` tensor, computed in f32 whatever the logits' precision.
 ///
 /// On `Autodiff<Flex>` (crate feature `flex`) this is one fused op with its own backward
-/// (`bert_model::kernels`); elsewhere `-mean(log_softmax(logits)[target])` in Burn's ops.
+/// (see [`crate::ops`]); elsewhere `-mean(log_softmax(logits)[target])` in Burn's ops.
 ///
 /// ```
 /// use bert_model::loss::cross_entropy;
@@ -27,16 +27,7 @@ use crate::model::BertInput;
 /// assert!((loss - 0.4100).abs() < 1e-4);
 /// ```
 pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 1, Int>) -> Tensor<B, 1> {
-    let [n, _] = logits.dims();
-    let logits = logits.cast(DType::F32);
-    #[cfg(feature = "flex")]
-    if crate::kernels::train::active(&logits) {
-        return crate::kernels::train::cross_entropy(logits, targets);
-    }
-    log_softmax(logits, 1)
-        .gather(1, targets.reshape([n, 1]))
-        .mean()
-        .neg()
+    ops::cross_entropy(logits.cast(DType::F32), targets)
 }
 
 /// What [`BertForPreTraining::pretraining_loss`] is trained against: the masked positions of a

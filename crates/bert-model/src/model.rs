@@ -10,15 +10,13 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, Linear};
-use burn::tensor::activation::{gelu, gelu_approximate, sigmoid, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Int, Tensor};
+use burn::tensor::{Distribution, Int, Tensor};
 
 use crate::config::{BertConfig, HiddenAct};
 use crate::dropout::{Dropout, DropoutConfig};
-#[cfg(feature = "flex")]
-use crate::kernels;
 use crate::layer_norm::{LayerNorm, LayerNormConfig};
+use crate::ops;
 
 /// A linear layer initialised as in HF BERT: weight `N(0, initializer_range)`, bias zero.
 pub(crate) fn init_linear<B: Backend>(
@@ -58,32 +56,8 @@ fn init_embedding<B: Backend>(
     }
 }
 
-/// `linear.forward(x)` for `x: [batch_size, seq_length, d_input]`, run as one
-/// `[batch_size * seq_length, d_input]` matmul. Burn's `Linear` on a rank-3 input broadcasts
-/// the weight into a batched matmul of `batch_size` small products, which CPU backends run
-/// one sequence at a time (packing the weight for each); one 2-D product lets the GEMM split
-/// the rows over every core. Same result, any backend.
-pub fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let [batch, seq, d_input] = x.dims();
-    let y = linear.forward(x.reshape([batch * seq, d_input]));
-    let d_output = y.dims()[1];
-    y.reshape([batch, seq, d_output])
-}
-
 pub(crate) fn dropout(p: f64) -> Dropout {
     DropoutConfig::new(p).init()
-}
-
-/// Applies a `hidden_act` activation.
-pub fn activation<B: Backend, const D: usize>(act: HiddenAct, x: Tensor<B, D>) -> Tensor<B, D> {
-    match act {
-        #[cfg(feature = "flex")]
-        HiddenAct::Gelu if kernels::train::active(&x) => kernels::train::gelu(x),
-        HiddenAct::Gelu => gelu(x),
-        HiddenAct::GeluTanh => gelu_approximate(x),
-        HiddenAct::Relu => burn::tensor::activation::relu(x),
-        HiddenAct::Silu => x.clone() * sigmoid(x),
-    }
 }
 
 /// Word + learned absolute position + token type embeddings, LayerNorm, dropout
@@ -191,44 +165,15 @@ impl<B: Backend> BertSelfAttention<B> {
     ///   negative number for padding (see [`attention_mask_bias`])
     /// - returns the context `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        #[cfg(feature = "flex")]
-        if kernels::active(&hidden) {
-            return kernels::self_attention(
-                &self.query,
-                &self.key,
-                &self.value,
-                self.num_heads,
-                hidden,
-                mask_bias,
-            );
-        }
-        let [batch, seq, width] = hidden.dims();
-        let heads = self.num_heads;
-        let head_dim = width / heads;
-        #[cfg(feature = "flex")]
-        if kernels::train::active(&hidden) {
-            use kernels::train::{masked_softmax, merge_heads, split_heads};
-            let q = split_heads(dense(&self.query, hidden.clone()), heads);
-            let k = split_heads(dense(&self.key, hidden.clone()), heads);
-            let v = split_heads(dense(&self.value, hidden), heads);
-            let scale = 1.0 / (head_dim as f32).sqrt();
-            let probs = masked_softmax(q.matmul(k.transpose()), mask_bias, scale);
-            return merge_heads(self.dropout.forward(probs).matmul(v));
-        }
-        let split = |x: Tensor<B, 3>| x.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
-        let q = split(dense(&self.query, hidden.clone()));
-        let k = split(dense(&self.key, hidden.clone()));
-        let v = split(dense(&self.value, hidden));
-        let dtype = q.dtype();
-        let scores = q.matmul(k.transpose()) / (head_dim as f64).sqrt() + mask_bias.cast(dtype);
-        // Softmax in f32 under mixed precision (as autocast), then back to the compute dtype.
-        let probs = if dtype == DType::F32 {
-            softmax(scores, 3)
-        } else {
-            softmax(scores.cast(DType::F32), 3).cast(dtype)
-        };
-        let probs = self.dropout.forward(probs);
-        probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width])
+        ops::self_attention(
+            &self.query,
+            &self.key,
+            &self.value,
+            self.num_heads,
+            &self.dropout,
+            hidden,
+            mask_bias,
+        )
     }
 }
 
@@ -261,12 +206,13 @@ impl<B: Backend> BertSelfOutput<B> {
 
     /// `LayerNorm(dropout(dense(hidden)) + residual)`, all `[batch_size, seq_length, H]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        #[cfg(feature = "flex")]
-        if kernels::active(&hidden) {
-            return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
-        }
-        let x = self.dropout.forward(dense(&self.dense, hidden));
-        self.layer_norm.forward(x + residual)
+        ops::dense_add_layer_norm(
+            &self.dense,
+            &self.dropout,
+            hidden,
+            residual,
+            &self.layer_norm,
+        )
     }
 }
 
@@ -321,11 +267,7 @@ impl<B: Backend> BertIntermediate<B> {
 
     /// `[batch_size, seq_length, H]` → `[batch_size, seq_length, intermediate_size]`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        #[cfg(feature = "flex")]
-        if self.act == HiddenAct::Gelu && kernels::active(&hidden) {
-            return kernels::dense_gelu(&self.dense, hidden);
-        }
-        activation(self.act, dense(&self.dense, hidden))
+        ops::dense_activation(&self.dense, self.act, hidden)
     }
 }
 
@@ -359,12 +301,13 @@ impl<B: Backend> BertOutput<B> {
     /// - `residual`: `[batch_size, seq_length, H]`
     /// - returns `[batch_size, seq_length, H]`
     pub fn forward(&self, hidden: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
-        #[cfg(feature = "flex")]
-        if kernels::active(&hidden) {
-            return kernels::dense_add_layer_norm(&self.dense, hidden, residual, &self.layer_norm);
-        }
-        let x = self.dropout.forward(dense(&self.dense, hidden));
-        self.layer_norm.forward(x + residual)
+        ops::dense_add_layer_norm(
+            &self.dense,
+            &self.dropout,
+            hidden,
+            residual,
+            &self.layer_norm,
+        )
     }
 }
 
@@ -707,24 +650,5 @@ mod tests {
         masked_mean(h, m)
             .into_data()
             .assert_eq(&TensorData::from([[2.0f32, 3.0]]), false);
-    }
-
-    #[test]
-    fn activations_match_their_formulas() {
-        let device = Default::default();
-        let x = Tensor::<B, 1>::from_floats([-1.0, 0.5, 2.0], &device);
-        let silu: Vec<f32> = activation(HiddenAct::Silu, x.clone())
-            .into_data()
-            .to_vec()
-            .expect("f32");
-        let expect = [-1.0f32, 0.5, 2.0].map(|v| v / (1.0 + (-v).exp()));
-        for (a, b) in silu.iter().zip(expect) {
-            assert!((a - b).abs() < 1e-6);
-        }
-        let relu: Vec<f32> = activation(HiddenAct::Relu, x)
-            .into_data()
-            .to_vec()
-            .expect("f32");
-        assert_eq!(relu, vec![0.0, 0.5, 2.0]);
     }
 }

@@ -377,7 +377,7 @@ pub fn train(args: &BenchTrainArgs) -> Result<()> {
             .as_deref()
             .or(config.training.backend.as_deref()),
     )?;
-    bert_model::kernels::set_enabled(!args.no_fused_kernels);
+    bert_model::ops::set_fused_kernels(!args.no_fused_kernels);
     let report = crate::with_backend!(kind, |B, device| bench_train::<burn::backend::Autodiff<B>>(
         args, &config, kind, &device
     )?);
@@ -484,7 +484,7 @@ fn bench_encode<B: Backend>(
 /// `bert bench encode`.
 pub fn encode(args: &BenchEncodeArgs) -> Result<()> {
     let kind = BackendKind::resolve(args.backend.as_deref())?;
-    bert_model::kernels::set_enabled(!args.no_fused_kernels);
+    bert_model::ops::set_fused_kernels(!args.no_fused_kernels);
     let report = crate::with_backend!(kind, |B, device| bench_encode::<B>(args, kind, &device)?);
     print_report(&report, args.json);
     Ok(())

@@ -1,0 +1,230 @@
+//! The ops of BERT's forward pass, and the one place that chooses how each runs.
+//!
+//! The modules of this crate (the encoder, [`crate::layer_norm::LayerNorm`],
+//! [`crate::dropout::Dropout`], [`crate::loss::cross_entropy`]) call an op here and never
+//! choose. Each op takes a fused kernel ([`crate::kernels`], crate feature `flex`) where one
+//! computes the same function, and its generic implementation in Burn's tensor ops (module
+//! `generic`, any backend and dtype) everywhere else:
+//!
+//! | op | fused where (f32 tensors, [`fused_kernels`] on) |
+//! |---|---|
+//! | `self_attention` (whole, given the q/k/v projections) | `Flex` (inference); under `Autodiff<Flex>` composed of the three ops below |
+//! | `split_heads`, `merge_heads`, `masked_softmax` | `Autodiff<Flex>` |
+//! | `dense_activation` (dense, then `hidden_act`) | `Flex`, for exact GELU |
+//! | `dense_add_layer_norm` (dense, dropout, residual add, LayerNorm) | `Flex` |
+//! | `activation` | `Autodiff<Flex>`, for exact GELU |
+//! | `layer_norm` | `Autodiff<Flex>` |
+//! | `cross_entropy` | `Autodiff<Flex>` |
+//! | `dropout_mask` | the flex device (`Flex` or `Autodiff<Flex>`) |
+//!
+//! An op whose fused path does not apply runs its generic implementation, which is composed of
+//! the other ops where it can be (so, under `Autodiff<Flex>`, `dense_add_layer_norm` still
+//! takes the fused `layer_norm`). Another backend's kernels (CubeCL on a GPU) plug in here the
+//! same way: a test of the tensor's backend and dtype in front of the generic call.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::nn::Linear;
+#[cfg(feature = "flex")]
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+use crate::config::HiddenAct;
+use crate::dropout::Dropout;
+#[cfg(feature = "flex")]
+use crate::kernels;
+use crate::layer_norm::LayerNorm;
+
+mod generic;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use generic::dense;
+
+static FUSED_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Turns the fused kernels on or off for the whole process (on by default; off measures what
+/// they bring: `bert bench encode --no-fused-kernels`, `bert bench train --no-fused-kernels`).
+/// Also reachable as `bert_model::kernels::set_enabled`.
+///
+/// ```
+/// bert_model::ops::set_fused_kernels(false);
+/// assert!(!bert_model::ops::fused_kernels());
+/// // The same switch under the `kernels` names.
+/// assert!(!bert_model::kernels::enabled());
+/// bert_model::kernels::set_enabled(true);
+/// assert!(bert_model::ops::fused_kernels());
+/// ```
+pub fn set_fused_kernels(on: bool) {
+    FUSED_KERNELS.store(on, Ordering::Relaxed);
+}
+
+/// Whether the fused kernels may run (see [`set_fused_kernels`]). Also reachable as
+/// `bert_model::kernels::enabled`.
+pub fn fused_kernels() -> bool {
+    FUSED_KERNELS.load(Ordering::Relaxed)
+}
+
+/// Whether the fused inference kernels take `x`: a flex f32 tensor (never an autodiff one).
+#[cfg(feature = "flex")]
+fn fused_inference<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    fused_kernels() && x.dtype() == DType::F32 && kernels::is_flex::<B>()
+}
+
+/// Whether the fused training ops take `x`: a tensor of `Autodiff<Flex>` in f32.
+#[cfg(feature = "flex")]
+fn fused_training<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    fused_kernels() && x.dtype() == DType::F32 && kernels::is_autodiff_flex::<B>()
+}
+
+/// Whether the dropout mask for `x` is drawn on the host in parallel: an f32 tensor on the
+/// flex device (autodiff or not).
+#[cfg(feature = "flex")]
+fn host_dropout<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    fused_kernels() && x.dtype() == DType::F32 && kernels::on_flex_device::<B>()
+}
+
+/// Multi-head self-attention context (HF `BertSelfAttention`), dropout on the probabilities:
+/// - `hidden`: `[batch_size, seq_length, H]`
+/// - `mask_bias`: `[batch_size, 1, 1, seq_length]` (see [`crate::attention_mask_bias`])
+/// - returns `[batch_size, seq_length, H]`
+pub(crate) fn self_attention<B: Backend>(
+    query: &Linear<B>,
+    key: &Linear<B>,
+    value: &Linear<B>,
+    num_heads: usize,
+    dropout: &Dropout,
+    hidden: Tensor<B, 3>,
+    mask_bias: Tensor<B, 4>,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if fused_inference(&hidden) {
+        return kernels::infer::self_attention(query, key, value, num_heads, hidden, mask_bias);
+    }
+    let head_dim = hidden.dims()[2] / num_heads;
+    let q = split_heads(generic::dense(query, hidden.clone()), num_heads);
+    let k = split_heads(generic::dense(key, hidden.clone()), num_heads);
+    let v = split_heads(generic::dense(value, hidden), num_heads);
+    let probs = masked_softmax(q.matmul(k.transpose()), mask_bias, head_dim);
+    merge_heads(dropout.forward(probs).matmul(v))
+}
+
+/// `[batch_size, seq_length, heads · head_dim]` → `[batch_size, heads, seq_length, head_dim]`.
+pub(crate) fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if fused_training(&x) {
+        return kernels::train::split_heads(x, heads);
+    }
+    generic::split_heads(x, heads)
+}
+
+/// `[batch_size, heads, seq_length, head_dim]` → `[batch_size, seq_length, heads · head_dim]`,
+/// the inverse of [`split_heads`].
+pub(crate) fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if fused_training(&x) {
+        return kernels::train::merge_heads(x);
+    }
+    generic::merge_heads(x)
+}
+
+/// Attention probabilities `softmax(scores / √head_dim + mask_bias)` over the last dimension:
+/// `scores` `[batch_size, heads, seq_length, seq_length]` (`q kᵀ`), `mask_bias`
+/// `[batch_size, 1, 1, seq_length]`; the softmax runs in f32 whatever the scores' dtype.
+pub(crate) fn masked_softmax<B: Backend>(
+    scores: Tensor<B, 4>,
+    mask_bias: Tensor<B, 4>,
+    head_dim: usize,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if fused_training(&scores) {
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        return kernels::train::masked_softmax(scores, mask_bias, scale);
+    }
+    generic::masked_softmax(scores, mask_bias, head_dim)
+}
+
+/// `activation(dense(x))`: `[batch_size, seq_length, d_in]` → `[batch_size, seq_length, d_out]`.
+pub(crate) fn dense_activation<B: Backend>(
+    dense: &Linear<B>,
+    act: HiddenAct,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if act == HiddenAct::Gelu && fused_inference(&x) {
+        return kernels::infer::dense_gelu(dense, x);
+    }
+    activation(act, generic::dense(dense, x))
+}
+
+/// `layer_norm(dropout(dense(hidden)) + residual)`: `hidden` `[batch_size, seq_length, d_in]`,
+/// `residual` and the result `[batch_size, seq_length, H]`.
+pub(crate) fn dense_add_layer_norm<B: Backend>(
+    dense: &Linear<B>,
+    dropout: &Dropout,
+    hidden: Tensor<B, 3>,
+    residual: Tensor<B, 3>,
+    layer_norm: &LayerNorm<B>,
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if fused_inference(&hidden) {
+        return kernels::infer::dense_add_layer_norm(dense, hidden, residual, layer_norm);
+    }
+    let x = dropout.forward(generic::dense(dense, hidden));
+    layer_norm.forward(x + residual)
+}
+
+/// A `hidden_act` activation, elementwise on any shape.
+pub(crate) fn activation<B: Backend, const D: usize>(
+    act: HiddenAct,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if act == HiddenAct::Gelu && fused_training(&x) {
+        return kernels::train::gelu(x);
+    }
+    generic::activation(act, x)
+}
+
+/// LayerNorm over the last dimension: `(x − mean) / √(var + epsilon) · gamma + beta`, `x`
+/// `[..., width]`, `gamma` and `beta` `[width]`, all of one dtype.
+pub(crate) fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    epsilon: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if fused_training(&x) {
+        return kernels::train::layer_norm(x, gamma, beta, epsilon);
+    }
+    generic::layer_norm(x, gamma, beta, epsilon)
+}
+
+/// Mean cross-entropy of `logits` `[n, classes]` against `targets` `[n]` (class ids), as a
+/// `[1]` tensor.
+pub(crate) fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+) -> Tensor<B, 1> {
+    #[cfg(feature = "flex")]
+    if fused_training(&logits) {
+        return kernels::train::cross_entropy(logits, targets);
+    }
+    generic::cross_entropy(logits, targets)
+}
+
+/// An inverted-dropout mask: `1 / keep` with probability `keep`, else 0, shaped and typed as
+/// `like`, not tracked. Random draws come from the backend's RNG (on the flex device, one seed
+/// from it for a counter-based generator), so `Backend::seed` decides the mask.
+pub(crate) fn dropout_mask<B: Backend, const D: usize>(
+    like: &Tensor<B, D>,
+    keep: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    if host_dropout(like) {
+        return kernels::dropout::dropout_mask(like, keep);
+    }
+    generic::dropout_mask(like, keep)
+}
