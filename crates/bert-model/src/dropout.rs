@@ -8,7 +8,11 @@
 //!   counter-based generator keyed by one seed taken from the backend's RNG, instead of element
 //!   by element from the backend's RNG on one thread (see [`crate::ops`]). The seed comes from
 //!   the backend, so `Backend::seed` still makes a run reproducible, and the mask does not
-//!   depend on the number of threads.
+//!   depend on the number of threads;
+//! - a thread can draw its masks from a stream of its own ([`set_thread_seed`]): Burn's RNG is
+//!   one per process, so data-parallel replicas on several threads would otherwise race for
+//!   it. With the `flex` feature the masks of such a thread are computed on the host from the
+//!   stream alone, on any device.
 //!
 //! ```
 //! use bert_model::dropout::DropoutConfig;
@@ -32,6 +36,29 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::ops;
+
+thread_local! {
+    static THREAD_STREAM: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Makes this thread's dropout masks come from a counter-based stream keyed by `seed` (the
+/// `n`-th mask of the thread from `(seed, n)`), independent of the backend's RNG and of other
+/// threads; `None` returns to the backend's RNG. A data-parallel trainer sets it per replica
+/// and step. (Without the `flex` feature, which computes such masks, it has no effect.)
+pub fn set_thread_seed(seed: Option<u64>) {
+    THREAD_STREAM.with(|s| s.set(seed.map(|seed| (seed, 0))));
+}
+
+/// The seed of this thread's next mask (the `n`-th draw of SplitMix64 keyed by the stream's
+/// seed), when [`set_thread_seed`] gave it a stream.
+#[cfg(feature = "flex")]
+pub(crate) fn next_thread_seed() -> Option<u64> {
+    THREAD_STREAM.with(|s| {
+        let (seed, n) = s.get()?;
+        s.set(Some((seed, n + 1)));
+        Some(crate::kernels::simd::splitmix64(seed, n))
+    })
+}
 
 /// Configuration of a [`Dropout`].
 #[derive(Config, Debug)]
@@ -125,5 +152,29 @@ mod tests {
         assert_eq!(values(y), values(x.clone()));
         let y = DropoutConfig::new(1.0).init().forward(x);
         assert!(values(y).iter().all(|&v| v == 0.0));
+    }
+    /// A thread stream decides the masks alone: the same seed gives the same masks on any
+    /// thread, one mask after another differs, another seed differs.
+    #[test]
+    fn a_thread_stream_decides_the_masks() {
+        fn masks(seed: u64) -> (Vec<f32>, Vec<f32>) {
+            let dropout = DropoutConfig::new(0.5).init();
+            let x = || Tensor::<Ad, 2>::ones([16, 40], &Default::default());
+            set_thread_seed(Some(seed));
+            let first = values(dropout.forward(x()));
+            let second = values(dropout.forward(x()));
+            set_thread_seed(None);
+            (first, second)
+        }
+        let (a, b) = masks(3);
+        assert_eq!(masks(3), (a.clone(), b.clone()));
+        assert_eq!(
+            std::thread::spawn(|| masks(3)).join().expect("thread"),
+            (a.clone(), b.clone())
+        );
+        assert_ne!(a, b, "consecutive masks differ");
+        assert_ne!(masks(4).0, a, "another seed, another mask");
+        let kept = a.iter().filter(|&&v| v > 0.0).count();
+        assert!((200..440).contains(&kept), "about half kept: {kept}");
     }
 }

@@ -21,6 +21,17 @@ pub(crate) fn dropout_mask<B: Backend, const D: usize>(
     Tensor::from_data(data, &device)
 }
 
+/// The mask [`mask_data`] gives for `seed`, shaped as `like` on its device (any device: it is
+/// computed on the host), in `like`'s dtype, not tracked.
+pub(crate) fn mask_from_seed<B: Backend, const D: usize>(
+    like: &Tensor<B, D>,
+    keep: f64,
+    seed: u64,
+) -> Tensor<B, D> {
+    let data = mask_data(like.shape(), keep, seed);
+    Tensor::<B, D>::from_data(data, &like.device()).cast(like.dtype())
+}
+
 /// 64 random bits from the backend's RNG (four 16-bit draws, whatever the int type's width).
 fn draw_seed<B: Backend>(device: &B::Device) -> u64 {
     let draws = Tensor::<B, 1, Int>::random([4], Distribution::Uniform(0.0, 65536.0), device);

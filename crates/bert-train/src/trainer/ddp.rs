@@ -183,14 +183,17 @@ struct Job<S> {
 pub struct Replicas<B: AutodiffBackend, W: Work<B>> {
     jobs: Vec<SyncSender<Job<W::Share>>>,
     results: Receiver<Result<W::Stats>>,
+    seed: u64,
     backend: PhantomData<B>,
 }
 
 impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
     /// Starts one worker per device after the first, each with a copy of `model` and `opt`
-    /// as they are now (after a resume: the checkpoint's), and registers replica 0. Worker `r`
-    /// seeds its device with [`seeds::dropout`]`(seed, step, r)` before each step (replica 0,
-    /// the caller, seeds its own).
+    /// as they are now (after a resume: the checkpoint's), and registers replica 0. With
+    /// several replicas, replica `r` draws its dropout masks at step `s` from a stream of its
+    /// own keyed by [`seeds::dropout`]`(seed, s, r)`
+    /// ([`bert_model::dropout::set_thread_seed`]), not from Burn's RNG (one per process, which
+    /// the replicas would race for).
     pub fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
         devices: &[Device<B>],
@@ -221,7 +224,11 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                         let mut opt = AdamW::<B>::new(optimizer);
                         opt.load_state(opt_step, tensors, &model, &device)?;
                         while let Ok(job) = job_receiver.recv() {
-                            B::seed(&device, seeds::dropout(seed, job.step, rank));
+                            // Burn's RNG is one per process: each replica draws its dropout
+                            // masks from a stream of its own.
+                            bert_model::dropout::set_thread_seed(Some(seeds::dropout(
+                                seed, job.step, rank,
+                            )));
                             let (next, stats, _) = replica_step(
                                 work,
                                 model,
@@ -255,6 +262,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         Ok(Self {
             jobs,
             results,
+            seed,
             backend: PhantomData,
         })
     }
@@ -314,6 +322,9 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
             .ok()
             .with_context(|| format!("replica {} stopped", rank + 1))?;
         }
+        if !self.jobs.is_empty() {
+            bert_model::dropout::set_thread_seed(Some(seeds::dropout(self.seed, step, 0)));
+        }
         let own = unpanicked("replica 0", || {
             replica_step(
                 work,
@@ -348,6 +359,7 @@ impl<B: AutodiffBackend, W: Work<B>> Drop for Replicas<B, W> {
         if let Some(peer) = self.peer() {
             // Workers leave their loop when their job channel closes, then finish too.
             self.jobs.clear();
+            bert_model::dropout::set_thread_seed(None);
             let _ = finish_collective::<B::InnerBackend>(peer);
         }
     }
