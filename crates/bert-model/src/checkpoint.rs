@@ -154,6 +154,9 @@ pub trait PretrainedBert<B: Backend>: Module<B> + Sized {
     const PREFIXED: bool = true;
     /// Whether transformers builds this class with a pooler.
     const POOLER: bool;
+    /// Whether a checkpoint of this class may come without the pooler (transformers'
+    /// `add_pooling_layer=False`): the model is then built without one.
+    const OPTIONAL_POOLER: bool;
 
     /// A randomly initialised model; `with_pooler` overrides [`Self::POOLER`] when a checkpoint
     /// carries (or lacks) pooler weights that the class may do without.
@@ -178,6 +181,7 @@ macro_rules! pretrained {
         impl<B: Backend> PretrainedBert<B> for $ty<B> {
             const ARCHITECTURE: Architecture = Architecture::$arch;
             const POOLER: bool = $pooler;
+            const OPTIONAL_POOLER: bool = $optional;
             fn init(config: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
                 let mut model = Self::new(config, device);
                 if $optional && with_pooler != model.bert.pooler.is_some() {
@@ -198,6 +202,8 @@ impl<B: Backend> PretrainedBert<B> for BertModel<B> {
     const ARCHITECTURE: Architecture = Architecture::Base;
     const PREFIXED: bool = false;
     const POOLER: bool = true;
+    // Sentence-transformers exports and ONNX conversions often drop it.
+    const OPTIONAL_POOLER: bool = true;
     fn init(config: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
         BertModel::new(config, with_pooler, device)
     }
@@ -450,7 +456,8 @@ pub fn load_pretrained<B: Backend, M: PretrainedBert<B>>(
     let has_pooler = tensors
         .keys()
         .any(|k| k == "pooler.dense.weight" || k == "bert.pooler.dense.weight");
-    let mut model = M::init(&config, has_pooler || M::POOLER, device);
+    let pooler = has_pooler || (M::POOLER && !M::OPTIONAL_POOLER);
+    let mut model = M::init(&config, pooler, device);
     let report = apply_checkpoint::<B, M>(&mut model, &tensors, &weights, options)?;
     Ok((model, config, report))
 }

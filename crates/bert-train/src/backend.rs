@@ -3,8 +3,7 @@
 //! This is the one module that names concrete Burn backends; everything else is generic over
 //! `B: Backend`. Each backend is a cargo feature of this crate: `flex` (the CPU backend, on by
 //! default), `ndarray` (the other CPU backend, opt-in, kept for comparison), `wgpu` and `cuda`.
-//! `flex` is the default because it measured fastest on CPU (BENCHMARKS.md: bert-mini training
-//! step ×1.6, MiniLM encode ×1.5 over ndarray, both with their thread pools on).
+//! `flex` is the default because it measured fastest on CPU (BENCHMARKS.md has the figures).
 
 use std::fmt;
 use std::str::FromStr;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use bert_train::commands::{
-    bench, convert, corpus, download, encode, fill_mask, finetune, pretrain, tokenize,
+    bench, bench_data, convert, corpus, download, encode, fill_mask, finetune, pretrain, tokenize,
 };
 use clap::{Parser, Subcommand};
 
@@ -83,7 +83,7 @@ enum DataCommand {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Corpus preparation (MB/s) and pretraining stream (batches/s, tokens/s) throughput.
-    Data(bench::BenchDataArgs),
+    Data(bench_data::BenchDataArgs),
     /// Training-step time of a pretraining config's model on a synthetic batch (forward, loss,
     /// backward, optimizer): median and spread, tokens/s, peak memory.
     Train(bench::BenchTrainArgs),
@@ -111,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             DataCommand::Dump(args) => pretrain::dump(&args),
         },
         Command::Bench { command } => match command {
-            BenchCommand::Data(args) => bench::bench_data(&args),
+            BenchCommand::Data(args) => bench_data::bench_data(&args),
             BenchCommand::Train(args) => bench::train(&args),
             BenchCommand::Encode(args) => bench::encode(&args),
         },

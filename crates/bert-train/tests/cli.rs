@@ -484,3 +484,84 @@ fn fill_mask_matches_the_transformers_pipeline() {
         "neither tokenizer.json nor vocab.txt",
     );
 }
+
+/// A `BertModel` saved without its pooler (`add_pooling_layer=False`) encodes like the full
+/// one and writes no `pooler_output`.
+#[test]
+fn encode_a_bert_model_without_pooler() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = root().join("tests/fixtures/tiny-bert/BertModel");
+    let bare = dir.path().join("bare");
+    std::fs::create_dir_all(&bare).expect("dir");
+    std::fs::copy(fixture.join("config.json"), bare.join("config.json")).expect("config");
+    let bytes = std::fs::read(fixture.join("model.safetensors")).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("pooler."))
+        .collect();
+    std::fs::write(
+        bare.join("model.safetensors"),
+        safetensors::serialize(kept, None).expect("serialize"),
+    )
+    .expect("write");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"input_ids\": [2, 7, 9, 11, 3]}\n").expect("input");
+    let encode = |model: &Path, name: &str| {
+        let out = dir.path().join(name);
+        ok(&[
+            "encode",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--input",
+            input.to_str().expect("utf8"),
+            "--output",
+            out.to_str().expect("utf8"),
+        ]);
+        Tensors::open(&out)
+    };
+    let (full, without) = (
+        encode(&fixture, "full.safetensors"),
+        encode(&bare, "bare.safetensors"),
+    );
+    assert!(full.has("pooler_output") && !without.has("pooler_output"));
+    assert_eq!(
+        full.get("last_hidden_state"),
+        without.get("last_hidden_state")
+    );
+    assert_eq!(full.get("mean_pooled"), without.get("mean_pooled"));
+}
+
+/// `bench encode` loads strictly: a checkpoint missing a tensor is an error naming it, not a
+/// benchmark of random weights.
+#[test]
+fn bench_encode_refuses_an_incomplete_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fixture = root().join("tests/fixtures/tiny-bert/BertModel");
+    std::fs::copy(fixture.join("config.json"), dir.path().join("config.json")).expect("config");
+    let bytes = std::fs::read(fixture.join("model.safetensors")).expect("weights");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let missing = "encoder.layer.0.output.dense.weight";
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != missing)
+        .collect();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        safetensors::serialize(kept, None).expect("serialize"),
+    )
+    .expect("write");
+    fails_in_one_line(
+        &[
+            "bench",
+            "encode",
+            "--model",
+            dir.path().to_str().expect("utf8"),
+            "--sentences",
+            "4",
+        ],
+        "output.dense.weight",
+    );
+}

@@ -597,6 +597,19 @@ fn every_task_head_trains_in_bf16() {
         let mut args = vec!["finetune", "--config", cfg.to_str().expect("utf8")];
         args.extend(bf16);
         ok(&args);
+        let metrics =
+            std::fs::read_to_string(dir.path().join(name).join("metrics.jsonl")).expect("metrics");
+        let train: Vec<serde_json::Value> = metrics
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
+            .filter(|l| l["split"] == "train")
+            .collect();
+        assert!(!train.is_empty());
+        // Every step computed in bf16, not silently in f32.
+        assert!(
+            train.iter().all(|l| l["compute_dtype"] == "bf16"),
+            "{metrics}"
+        );
         read_json(&dir.path().join(name).join("eval.json"))
     };
     let reg = run(&config(dir.path(), "reg", true), "reg");
@@ -692,4 +705,24 @@ fn two_replicas_match_gradient_accumulation() {
         ],
         "no device 3",
     );
+}
+
+/// `task.max_length` beyond the model's position table is cut to it (with a warning), as
+/// transformers caps at the model's maximum, instead of reading past the table.
+#[test]
+fn max_length_beyond_the_position_table_is_capped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "cap", false);
+    let (config, _) = bert_train::config::load::<bert_train::config::FinetuneConfig>(
+        &cfg,
+        &["task.max_length=100000".into()],
+    )
+    .expect("config");
+    let setup = bert_train::finetune::Setup::new(config, None).expect("setup");
+    let positions = setup.bert_config.max_position_embeddings;
+    assert!(positions < 100000);
+    assert_eq!(setup.config.task.max_length(), positions);
+    let long = vec!["word"; 4 * positions].join(" ");
+    let enc = setup.truncating.encode(&long, None).expect("encode");
+    assert_eq!(enc.input_ids.len(), positions);
 }

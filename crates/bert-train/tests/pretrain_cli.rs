@@ -221,7 +221,11 @@ fn bf16_mixed_precision_tracks_f32() {
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json"))
             .filter(|l| l["split"] == "train")
-            .map(|l| l["loss"].as_f64().expect("loss"))
+            .map(|l| {
+                // The step computed in the precision asked for, not silently in f32.
+                assert_eq!(l["compute_dtype"], precision, "{l}");
+                l["loss"].as_f64().expect("loss")
+            })
             .collect()
     };
     let full = losses("f32", "f32");
@@ -345,11 +349,20 @@ fn two_replicas_with_dropout_are_reproducible_and_resume_exactly() {
 /// gradients, so their losses are the single replica's; the report counts both replicas.
 #[test]
 fn bench_train_on_two_replicas_steps_like_one() {
-    let run = |devices: &str| {
-        bench_train_tiny(&["--steps", "2", "--warmup", "1", "--devices", devices])
-            .expect("bench train")
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--steps", "2", "--warmup", "1"];
+        args.extend(extra);
+        bench_train_tiny(&args).expect("bench train")
     };
-    let (one, two) = (run("0"), run("0,0"));
+    // Each replica steps on its own batch; one device accumulating the same two batches must
+    // give the same losses, which a replica that skipped the all-reduce would not.
+    let one = run(&[
+        "--devices",
+        "0",
+        "--set",
+        "training.gradient_accumulation_steps=2",
+    ]);
+    let two = run(&["--devices", "0,0"]);
     assert_eq!(
         (one["devices"].as_u64(), two["devices"].as_u64()),
         (Some(1), Some(2))
@@ -359,4 +372,14 @@ fn bench_train_on_two_replicas_steps_like_one() {
         assert!((a - b).abs() < 1e-5, "{key}: one replica {a}, two {b}");
     }
     assert!(one["final_loss"].as_f64() < one["first_loss"].as_f64());
+    // The batches differ: one device on one of them reports another loss.
+    let single = run(&["--devices", "0"]);
+    let (a, b) = (
+        single["first_loss"].as_f64().expect("loss"),
+        two["first_loss"].as_f64().expect("loss"),
+    );
+    assert!(
+        (a - b).abs() > 1e-4,
+        "replicas saw different batches: {a} vs {b}"
+    );
 }

@@ -1,5 +1,5 @@
-//! `bert bench train`, `bert bench encode` and `bert bench data`. The JSON that train and
-//! encode print (last stdout line with `--json`) has the schema of scripts/bench_pytorch.py, so
+//! `bert bench train` and `bert bench encode` (`bert bench data` is in `bench_data`). The
+//! JSON they print (last stdout line with `--json`) has the schema of scripts/bench_pytorch.py, so
 //! scripts/bench.sh can put ours and transformers' side by side.
 //!
 //! - train: the full pretraining step (forward with the MLM head on masked positions only,
@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use bert_data::pretraining::{
-    Documents, MaskVocab, PrepareOptions, PreparedCorpus, PretrainingBatch, PretrainingStream,
-    StreamPosition, prepare,
-};
+use bert_data::pretraining::PretrainingBatch;
 use bert_data::{BertTokenizer, Truncation};
 use bert_model::{BertForPreTraining, BertModel, LoadOptions};
 use burn::module::{AutodiffModule, Module};
@@ -24,7 +21,6 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
-use super::corpus::CorpusArgs;
 use crate::backend::BackendKind;
 use crate::config::{self, Precision, PretrainConfig};
 use crate::pretraining::PretrainingObjective;
@@ -262,19 +258,29 @@ fn bench_train<B: AutodiffBackend>(
         B::seed(device, seed);
         BertForPreTraining::new(&bert_config, device)
     };
-    let batch = synthetic_batch(
-        batch_size,
-        seq,
-        bert_config.vocab_size,
-        config.data.next_sentence_prediction,
-        seed,
-    );
+    // Replica r's micro-batch k of every step: the synthetic batch of seed + r·A + k (A
+    // micro-batches per replica), so replicas see different data, as in training.
+    let accumulation = config.training.gradient_accumulation_steps.max(1);
+    let share = |rank: usize| ddp::Share {
+        batches: (0..accumulation)
+            .map(|k| {
+                synthetic_batch(
+                    batch_size,
+                    seq,
+                    bert_config.vocab_size,
+                    config.data.next_sentence_prediction,
+                    seed + (rank * accumulation + k) as u64,
+                )
+            })
+            .collect(),
+        idle: None,
+    };
     let mut opt = AdamW::<B>::new(config.optimizer.clone());
     let mut times = Vec::new();
     let mut last_loss = f64::NAN;
     let mut first_loss = f64::NAN;
     let lr = config.optimizer.learning_rate;
-    // One replica per device (see crate::trainer::ddp), each stepping on the same batch.
+    // One replica per device (see crate::trainer::ddp).
     let work = ddp::Step {
         objective: &PretrainingObjective,
         precision,
@@ -293,17 +299,24 @@ fn bench_train<B: AutodiffBackend>(
         let mut model = model;
         for i in 0..args.warmup + args.steps {
             let start = Instant::now();
-            let shares = vec![
-                ddp::Share {
-                    batches: vec![batch.clone()],
-                    idle: None,
-                };
-                n
-            ];
-            let (next, replica_stats, _) =
-                replicas.step(&work, model, &mut opt, shares, n, i as u64, lr, device)?;
+            let shares = (0..n).map(share).collect();
+            let micro_batches = n * accumulation;
+            let (next, replica_stats, _) = replicas.step(
+                &work,
+                model,
+                &mut opt,
+                shares,
+                micro_batches,
+                i as u64,
+                lr,
+                device,
+            )?;
             model = next;
-            let stats = crate::trainer::Stats::loss(&replica_stats[0], 1);
+            let mut merged = crate::pretraining::PretrainingStats::default();
+            for s in replica_stats {
+                crate::trainer::Stats::merge(&mut merged, s);
+            }
+            let stats = crate::trainer::Stats::loss(&merged, micro_batches);
             for d in &devices {
                 B::sync(d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             }
@@ -337,8 +350,9 @@ fn bench_train<B: AutodiffBackend>(
         "steps": args.steps,
         "warmup": args.warmup,
         "step_time_ms": stats,
-        "tokens_per_second": (n * batch_size * seq) as f64 / median_s,
-        "samples_per_second": (n * batch_size) as f64 / median_s,
+        "gradient_accumulation_steps": accumulation,
+        "tokens_per_second": (n * accumulation * batch_size * seq) as f64 / median_s,
+        "samples_per_second": (n * accumulation * batch_size) as f64 / median_s,
         "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": serde_json::Value::Null,
         "first_loss": first_loss,
@@ -443,7 +457,7 @@ fn bench_encode<B: Backend>(
 ) -> Result<serde_json::Value> {
     let dir = crate::hub::resolve_model(&args.model)?;
     let (model, _, _) =
-        bert_model::load_pretrained::<B, BertModel<B>>(&dir, LoadOptions::partial(), device)?;
+        bert_model::load_pretrained::<B, BertModel<B>>(&dir, LoadOptions::strict(), device)?;
     let tokenizer =
         BertTokenizer::from_dir(&dir)?.with_truncation(args.seq_len, Truncation::LongestFirst)?;
     let texts = sentences(&args.input, args.sentences)?;
@@ -512,96 +526,4 @@ mod tests {
         assert_eq!(s["median"], 2.5);
         assert_eq!(s["min"], 1.0);
     }
-}
-
-/// Options of `bert bench data`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct BenchDataArgs {
-    #[command(flatten)]
-    corpus: CorpusArgs,
-    /// Sequences per batch.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Seconds spent streaming batches.
-    #[arg(long, default_value_t = 5.0)]
-    seconds: f64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
-}
-
-/// `bert bench data`: prepare throughput (MB/s of text) and pretraining stream throughput.
-pub fn bench_data(args: &BenchDataArgs) -> Result<()> {
-    let mut corpus_args = args.corpus.clone();
-    let scratch = tempfile::tempdir()?;
-    if corpus_args.output.is_none() && corpus_args.config.is_none() {
-        corpus_args.output = Some(scratch.path().to_path_buf());
-    }
-    let mut corpus = corpus_args.resolve()?;
-    // Always prepare from scratch so the figure is a real tokenization throughput.
-    corpus.prepared_dir = scratch.path().join("prepared");
-    let tokenizer = BertTokenizer::from_dir(&corpus.tokenizer_dir)?;
-    let start = Instant::now();
-    let report = prepare(
-        &PrepareOptions {
-            inputs: corpus.data.train_files.clone(),
-            output: corpus.prepared_dir.clone(),
-            chunk_lines: corpus.data.chunk_lines,
-            progress: false,
-        },
-        &tokenizer,
-    )?;
-    let prepare_secs = start.elapsed().as_secs_f64();
-    let docs = PreparedCorpus::open(&corpus.prepared_dir, Some(&tokenizer))?;
-    let special = tokenizer.special_tokens().clone();
-    let mut stream = PretrainingStream::new(
-        &docs,
-        MaskVocab::from_tokenizer(&tokenizer)?,
-        special.cls,
-        special.sep,
-        special.pad,
-        corpus.data.stream_config(0),
-        StreamPosition::default(),
-    );
-    let start = Instant::now();
-    let (mut batches, mut tokens) = (0usize, 0usize);
-    while start.elapsed().as_secs_f64() < args.seconds {
-        let Some(batch) = stream.next_batch(args.batch_size) else {
-            bail!("the corpus yields no training sequence");
-        };
-        batches += 1;
-        tokens += batch.num_tokens();
-    }
-    let stream_secs = start.elapsed().as_secs_f64();
-    let result = serde_json::json!({
-        "prepare_mb_per_s": report.bytes as f64 / 1e6 / prepare_secs,
-        "prepare_threads": rayon::current_num_threads(),
-        "prepared_tokens": report.tokens,
-        "prepared_documents": docs.num_documents(),
-        "stream_batches_per_s": batches as f64 / stream_secs,
-        "stream_tokens_per_s_one_core": tokens as f64 / stream_secs,
-        "batch_size": args.batch_size,
-        "max_seq_length": corpus.data.max_seq_length,
-        "masking": corpus.data.masking,
-    });
-    if args.json {
-        println!("{result}");
-    } else {
-        println!(
-            "prepare: {:.2} MB/s of text on {} threads ({} tokens, {} documents)",
-            result["prepare_mb_per_s"].as_f64().unwrap_or(0.0),
-            rayon::current_num_threads(),
-            report.tokens,
-            docs.num_documents()
-        );
-        println!(
-            "stream:  {:.1} batches/s of {}, {:.0} tokens/s on one core",
-            result["stream_batches_per_s"].as_f64().unwrap_or(0.0),
-            args.batch_size,
-            result["stream_tokens_per_s_one_core"]
-                .as_f64()
-                .unwrap_or(0.0)
-        );
-    }
-    Ok(())
 }

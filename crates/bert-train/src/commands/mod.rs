@@ -2,6 +2,7 @@
 //! point that runs it. `main.rs` only parses and dispatches.
 
 pub mod bench;
+pub mod bench_data;
 pub mod convert;
 pub mod corpus;
 pub mod download;

@@ -616,3 +616,6 @@ pub(crate) fn field<'a>(path: &Path, line: &'a PredictLine, name: &str) -> Resul
         )
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -236,6 +236,10 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
             run.state.step,
             per_step,
         );
+        // What the steps compute in: the dtype of the compute copy's matrices (f32, or the half
+        // type of mixed precision), reported on every train line.
+        let compute_dtype = optim::matrix_dtype(&training.precision.compute_copy(&model))
+            .map_or_else(|| "none".to_string(), |d| format!("{d:?}").to_lowercase());
         let started = Instant::now();
         let (stopped, model) = std::thread::scope(|scope| -> Result<(bool, M)> {
             // Replicas 1.. on worker threads (see ddp); replica 0 is this thread.
@@ -308,6 +312,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                     line.insert("loss".into(), loss.into());
                     line.insert("lr".into(), opt_stats.lr.into());
                     line.insert("grad_norm".into(), opt_stats.grad_norm.into());
+                    line.insert("compute_dtype".into(), compute_dtype.clone().into());
                     let tokens_per_second = window.0 as f64 / secs;
                     line.insert("tokens_per_second".into(), tokens_per_second.into());
                     let mut wait = String::new();
