@@ -30,6 +30,21 @@ if grep -E '^(tracel-llvm-bundler|cubecl-llvm|cubecl-cpu) ' <<<"$tree"; then
   exit 1
 fi
 
+step "GPU builds have Burn's kernel fusion and matmul autotune"
+for backend in wgpu cuda; do
+  if ! features=$(cargo tree -p bert-train -F "$backend" -e features -i "burn-$backend"); then
+    echo "error: cargo tree failed for the $backend build" >&2
+    exit 1
+  fi
+  for feature in fusion autotune; do
+    if ! grep -q "burn-$backend feature \"$feature\"" <<<"$features"; then
+      echo "error: the $backend build of bert-train lacks burn-$backend's \"$feature\" feature" >&2
+      exit 1
+    fi
+  done
+  echo "$backend: fusion and autotune on"
+done
+
 step "cargo clippy --all-targets --all-features -D warnings (type-checks cuda and wgpu)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 

@@ -13,7 +13,7 @@ use bert_train::trainer::{
     Task, Trainer, TrainerConfig,
 };
 use burn::backend::{Autodiff, Flex};
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -188,6 +188,15 @@ fn training(steps: u64) -> TrainingSection {
     }
 }
 
+/// The initial model, the same in every test: fixed weights, not Burn's RNG, which is one per
+/// process and shared by the tests running in parallel.
+fn model(device: &Device<B>) -> Linear<B> {
+    let mut linear = LinearConfig::new(IN, 1).init::<B>(device);
+    linear.weight = Param::from_tensor(Tensor::from_floats([[0.1], [0.2], [-0.3], [0.05]], device));
+    linear.bias = Some(Param::from_tensor(Tensor::from_floats([0.0], device)));
+    linear
+}
+
 /// Trains `task` in `dir` as `training` says; the weights at the end.
 fn train(
     dir: &Path,
@@ -199,8 +208,7 @@ fn train(
     let device = Default::default();
     let run = RunDir::create(dir, resume, "")?;
     let devices = trainer::devices::<B>(&device, &training)?;
-    <B as Backend>::seed(&device, 7);
-    let model = LinearConfig::new(IN, 1).init::<B>(&device);
+    let model = model(&device);
     let config = TrainerConfig {
         total_steps: training.max_steps,
         training,
@@ -449,7 +457,7 @@ fn weights_that_overflow_are_never_saved() {
         what: "training",
     };
     let task = Regression::new();
-    let model = LinearConfig::new(IN, 1).init::<B>(&device);
+    let model = model(&device);
     let trainer = Trainer::new(run, config, devices, model, &task).expect("trainer");
     let err = trainer.fit(&task, &mut Batches).expect_err("overflows");
     assert!(
