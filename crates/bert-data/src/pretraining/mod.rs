@@ -4,6 +4,7 @@
 pub mod config;
 pub mod instances;
 pub mod masking;
+mod prepared;
 pub mod shards;
 pub mod stream;
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::pretraining::instances::Documents;
 
 const VOCAB: &[&str] = &[
     "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "whale", "sea", "ship", "call", "me",
