@@ -383,3 +383,66 @@ fn bench_train_on_two_replicas_steps_like_one() {
         "replicas saw different batches: {a} vs {b}"
     );
 }
+
+/// Ctrl-C (SIGINT) ends a data-parallel run: after the step in progress, with a checkpoint,
+/// and `--resume` continues it.
+#[test]
+fn ctrl_c_ends_a_data_parallel_run_with_a_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "sigint");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bert"))
+        .args([
+            "pretrain",
+            "--config",
+            cfg.to_str().expect("utf8"),
+            "--set",
+            "training.devices=[0, 0]",
+            "--set",
+            "training.max_steps=100000",
+            "--set",
+            "training.eval_every_steps=0",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn bert");
+    // Wait for the first steps, then interrupt.
+    let metrics = dir.path().join("sigint/metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2 {
+        assert!(started.elapsed().as_secs() < 120, "no training steps");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let interrupted = std::time::Instant::now();
+    let out = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            interrupted.elapsed().as_secs() < 60,
+            "the run did not end after Ctrl-C"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+        .expect("stderr");
+    assert!(out.success(), "{err}");
+    assert!(err.contains("stopped: checkpoint saved at step"), "{err}");
+    assert!(!dir.path().join("sigint/final").exists());
+    let resumed = ok(&[
+        "pretrain",
+        "--config",
+        cfg.to_str().expect("utf8"),
+        "--resume",
+        "--set",
+        "training.devices=[0, 0]",
+        "--set",
+        "training.stop_after_steps=1",
+    ]);
+    assert!(resumed.contains("resumed from"), "{resumed}");
+}
