@@ -42,7 +42,7 @@ enum Command {
     /// Run a fine-tuned model over a JSONL file: labels with scores, entities with character
     /// spans, answers with text and score, or the chosen choice.
     Predict(finetune::PredictArgs),
-    /// The most likely tokens for each [MASK] of a text.
+    /// The most likely tokens for each `[MASK]` of a text.
     FillMask(fill_mask::FillMaskArgs),
     /// Download a model from the Hugging Face Hub into the shared cache (or copy it to --to).
     Download(download::DownloadArgs),

@@ -208,7 +208,7 @@ impl Documents for PreparedCorpus {
 }
 
 /// Reads google-format text into documents of tokenized sentences, in memory (small corpora,
-/// tests). Large corpora go through [`prepare`].
+/// tests). Large corpora go through [`prepare`](super::shards::prepare).
 pub fn read_documents(
     files: &[PathBuf],
     tokenizer: &BertTokenizer,

@@ -21,7 +21,7 @@ pub struct FillMaskArgs {
     /// Model directory or Hub id with an MLM head (BertForMaskedLM or BertForPreTraining).
     #[arg(long)]
     pub model: PathBuf,
-    /// Text with one or more [MASK] tokens.
+    /// Text with one or more `[MASK]` tokens.
     pub text: String,
     /// Candidates per mask.
     #[arg(long, default_value_t = 5)]

@@ -4,9 +4,9 @@
 //!
 //! Fine-tuning starts from an HF directory or Hub id (`model.init_from`): the encoder is loaded
 //! and the task head is new (a partial load, listed in the log). Every task trains through the
-//! one [`Trainer`] loop ([`fit`]), on batches of row indices in a seeded order per epoch
-//! ([`order::EpochBatches`]), padded to their longest row; `final/` is an HF directory with the
-//! tokenizer and `id2label`.
+//! one [`Trainer`](crate::trainer::Trainer) loop (`fit`), on batches of row indices in a seeded
+//! order per epoch ([`order::EpochBatches`]), padded to their longest row; `final/` is an HF
+//! directory with the tokenizer and `id2label`.
 
 mod choice;
 pub mod order;
