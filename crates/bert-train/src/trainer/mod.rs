@@ -258,15 +258,20 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 // A step's micro-batches: replica r takes the r-th run of `micro` of them.
                 let batches = data.next_step(step, per_step)?;
                 let n = batches.len();
-                let idle = batches.first().cloned();
+                // A replica left without data (the end of an epoch-bounded run) steps on a
+                // copy of the first batch with its gradient multiplied by zero.
+                let idle = (n < per_step).then(|| batches.first().cloned()).flatten();
                 let mut shares: Vec<ddp::Share<T::Batch>> = (0..replicas_n)
                     .map(|_| ddp::Share {
                         batches: Vec::new(),
-                        idle: idle.clone(),
+                        idle: None,
                     })
                     .collect();
                 for (i, batch) in batches.into_iter().enumerate() {
                     shares[i / micro].batches.push(batch);
+                }
+                for share in shares.iter_mut().filter(|s| s.batches.is_empty()) {
+                    share.idle = idle.clone();
                 }
                 let lr = lr_at(
                     step,
