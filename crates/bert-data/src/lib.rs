@@ -27,4 +27,4 @@ pub mod tokenizer;
 
 pub use batch::{PaddedBatch, Padding, pad_encodings, pad_rows};
 pub use error::DataError;
-pub use tokenizer::{BertTokenizer, Encoded, SpecialTokens, Truncation};
+pub use tokenizer::{BertTokenizer, Encoded, ModelLimits, SpecialTokens, Truncation};

@@ -114,6 +114,17 @@ pub struct BertTokenizer {
     inner: Tokenizer,
     special: SpecialTokens,
     do_lower_case: bool,
+    limits: Option<ModelLimits>,
+}
+
+/// The sizes of a model's embedding tables: an encoding with an id outside them is an error
+/// (see [`BertTokenizer::with_model_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelLimits {
+    /// `vocab_size`: token ids must be below it.
+    pub vocab_size: usize,
+    /// `type_vocab_size`: segment ids must be below it (text pairs need 2).
+    pub type_vocab_size: usize,
 }
 
 impl std::fmt::Debug for BertTokenizer {
@@ -122,12 +133,38 @@ impl std::fmt::Debug for BertTokenizer {
             .field("vocab_size", &self.vocab_size())
             .field("special", &self.special)
             .field("do_lower_case", &self.do_lower_case)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
 fn tok_err(e: impl std::fmt::Display) -> DataError {
     DataError::Tokenizer(e.to_string())
+}
+
+/// An error for the first id of `encoded` outside `limits`.
+fn check_limits(encoded: &Encoded, limits: ModelLimits) -> Result<(), DataError> {
+    let ids = encoded.input_ids.iter().zip(&encoded.tokens);
+    if let Some((id, token)) = ids
+        .into_iter()
+        .find(|(id, _)| **id as usize >= limits.vocab_size)
+    {
+        return Err(DataError::Encoding(format!(
+            "token {token:?} has id {id}, outside the model's vocabulary of {} (a tokenizer that does not match the model?)",
+            limits.vocab_size
+        )));
+    }
+    if let Some(t) = encoded
+        .token_type_ids
+        .iter()
+        .find(|&&t| t as usize >= limits.type_vocab_size)
+    {
+        return Err(DataError::Encoding(format!(
+            "token type id {t} is outside the model's type_vocab_size {} (text pairs need 2)",
+            limits.type_vocab_size
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -311,6 +348,7 @@ impl BertTokenizer {
             inner,
             special,
             do_lower_case,
+            limits: None,
         })
     }
 
@@ -344,7 +382,7 @@ impl BertTokenizer {
             None => self.inner.encode_char_offsets(text, true),
         }
         .map_err(|e| DataError::Encoding(format!("cannot encode text: {e}")))?;
-        Ok(Self::encoded(&encoding))
+        self.encoded(&encoding)
     }
 
     /// Encodes pre-split words (token classification): word ids index `words`.
@@ -353,10 +391,33 @@ impl BertTokenizer {
             .inner
             .encode_char_offsets(words, true)
             .map_err(|e| DataError::Encoding(format!("cannot encode words: {e}")))?;
-        Ok(Self::encoded(&encoding))
+        self.encoded(&encoding)
     }
 
-    fn encoded(encoding: &tokenizers::Encoding) -> Encoded {
+    /// A copy whose encodings must fit a model's embedding tables: a token id at or above
+    /// `vocab_size` (a tokenizer that does not match the model) or a segment id at or above
+    /// `type_vocab_size` (a text pair for a one-segment model) fails the encoding with an
+    /// error naming the token, instead of reaching the model as an out-of-bounds index.
+    pub fn with_model_limits(&self, limits: ModelLimits) -> Self {
+        let mut copy = self.clone();
+        copy.limits = Some(limits);
+        copy
+    }
+
+    /// The limits set by [`BertTokenizer::with_model_limits`].
+    pub fn model_limits(&self) -> Option<ModelLimits> {
+        self.limits
+    }
+
+    fn encoded(&self, encoding: &tokenizers::Encoding) -> Result<Encoded, DataError> {
+        let encoded = Self::encoding(encoding);
+        if let Some(limits) = self.limits {
+            check_limits(&encoded, limits)?;
+        }
+        Ok(encoded)
+    }
+
+    fn encoding(encoding: &tokenizers::Encoding) -> Encoded {
         Encoded {
             tokens: encoding.get_tokens().to_vec(),
             input_ids: encoding.get_ids().to_vec(),
@@ -392,10 +453,10 @@ impl BertTokenizer {
             .encode_char_offsets((first, second), true)
             .map_err(|e| DataError::Encoding(format!("cannot encode pair: {e}")))?;
         let overflow = encoding.take_overflowing();
-        Ok(std::iter::once(encoding)
+        std::iter::once(encoding)
             .chain(overflow)
-            .map(|e| (Self::encoded(&e), e.get_sequence_ids()))
-            .collect())
+            .map(|e| Ok((self.encoded(&e)?, e.get_sequence_ids())))
+            .collect()
     }
 
     /// WordPiece tokens of a text without specials.
@@ -498,6 +559,46 @@ mod tests {
         "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "un", "##aff", "##able",
         "cafe", "!", "中", "国",
     ];
+
+    #[test]
+    fn model_limits_refuse_ids_outside_the_tables() {
+        let dir = vocab_dir(VOCAB);
+        let tok = BertTokenizer::from_dir(dir.path()).expect("tokenizer");
+        // "world" is id 6: a model with 6 words cannot embed it.
+        let small = tok.with_model_limits(ModelLimits {
+            vocab_size: 6,
+            type_vocab_size: 2,
+        });
+        small.encode("hello", None).expect("ids below 6 fit");
+        let err = small
+            .encode("hello world", None)
+            .expect_err("id 6")
+            .to_string();
+        assert!(
+            err.contains("\"world\" has id 6") && err.contains("vocabulary of 6"),
+            "{err}"
+        );
+        let err = small
+            .encode_words(&["world"])
+            .expect_err("id 6")
+            .to_string();
+        assert!(err.contains("vocabulary of 6"), "{err}");
+        // A pair needs segment id 1.
+        let one_segment = tok.with_model_limits(ModelLimits {
+            vocab_size: VOCAB.len(),
+            type_vocab_size: 1,
+        });
+        one_segment.encode("hello", None).expect("one segment fits");
+        let err = one_segment
+            .encode("hello", Some("world"))
+            .expect_err("segment 1")
+            .to_string();
+        assert!(err.contains("type_vocab_size 1"), "{err}");
+        let windows = one_segment.with_windows(6, 2).expect("windows");
+        assert!(windows.encode_pair_windows("hello", "world").is_err());
+        // Without limits nothing is checked.
+        tok.encode("hello", Some("world")).expect("no limits");
+    }
 
     #[test]
     fn builds_bert_pipeline_from_vocab_txt() {

@@ -726,3 +726,41 @@ fn max_length_beyond_the_position_table_is_capped() {
     let enc = setup.truncating.encode(&long, None).expect("encode");
     assert_eq!(enc.input_ids.len(), positions);
 }
+
+/// A tokenizer that gives ids the model has no embedding for (a vocabulary longer than the
+/// model's `vocab_size`) fails on the first example that has one, naming its file and line.
+#[test]
+fn token_ids_beyond_the_vocabulary_fail_at_their_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).expect("mkdir");
+    let fixture = root().join("tests/fixtures/tiny-bert/BertForMaskedLM");
+    for name in ["config.json", "model.safetensors", "tokenizer_config.json"] {
+        std::fs::copy(fixture.join(name), model.join(name)).expect("copy");
+    }
+    // One token more than the model's 64: "extra" gets id 64.
+    let mut vocab = std::fs::read_to_string(fixture.join("vocab.txt")).expect("vocab");
+    vocab.push_str("extra\n");
+    std::fs::write(model.join("vocab.txt"), vocab).expect("vocab");
+    let train = dir.path().join("train.tsv");
+    std::fs::write(&train, "text\tlabel\nw5 w6\tpos\nw7 extra w8\tneg\n").expect("data");
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[model]\ninit_from = \"{}\"\n\n[task]\nkind = \"sequence-classification\"\ntrain_file = \"{}\"\nvalid_file = \"{}\"\nmax_length = 16\n\n[training]\nepochs = 1\nbatch_size = 2\n\n[output]\ndir = \"{}\"\n",
+            model.display(),
+            train.display(),
+            train.display(),
+            dir.path().join("out").display()
+        ),
+    )
+    .expect("config");
+    fails_in_one_line(
+        &["finetune", "--config", cfg.to_str().expect("utf8")],
+        &format!(
+            "{}:3: token \"extra\" has id 64, outside the model's vocabulary of 64",
+            train.display()
+        ),
+    );
+}

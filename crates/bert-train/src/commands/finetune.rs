@@ -178,7 +178,8 @@ pub fn predict(args: &PredictArgs) -> Result<()> {
         }
         lines.push(PredictLine { line: i + 1, value });
     }
-    let tokenizer = BertTokenizer::from_dir(&dir)?;
+    let tokenizer =
+        BertTokenizer::from_dir(&dir)?.with_model_limits(finetune::model_limits(&config));
     let max_length = args.max_length.unwrap_or(match task {
         TaskKind::QuestionAnswering => 384,
         _ => 512,

@@ -177,9 +177,11 @@ impl Setup {
                 "model.init_from is required for fine-tuning (an HF directory or Hub id)",
             )?;
         let init_dir = crate::hub::resolve_model(Path::new(init))?;
-        let tokenizer = BertTokenizer::from_dir(&init_dir)
-            .with_context(|| format!("cannot load the tokenizer of {}", init_dir.display()))?;
         let bert_config = config.model.bert_config(Some(&init_dir))?;
+        // Ids the model cannot embed fail the encoding of their example (file:line).
+        let tokenizer = BertTokenizer::from_dir(&init_dir)
+            .with_context(|| format!("cannot load the tokenizer of {}", init_dir.display()))?
+            .with_model_limits(model_limits(&bert_config));
         let mut config = config;
         let positions = bert_config.max_position_embeddings;
         if config.task.max_length() > positions {
@@ -321,6 +323,14 @@ pub(crate) fn input_of<'a, B: Backend>(
         bert_data::tensors::bert_input(&padded, device),
         padded.seq_len,
     ))
+}
+
+/// The embedding-table sizes of `config` that encodings must fit.
+pub(crate) fn model_limits(config: &BertConfig) -> bert_data::ModelLimits {
+    bert_data::ModelLimits {
+        vocab_size: config.vocab_size,
+        type_vocab_size: config.type_vocab_size,
+    }
 }
 
 /// Class ids as a `[n]` tensor.
