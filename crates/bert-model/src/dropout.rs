@@ -11,8 +11,8 @@
 //!   depend on the number of threads;
 //! - a thread can draw its masks from a stream of its own ([`set_thread_seed`]): Burn's RNG is
 //!   one per process, so data-parallel replicas on several threads would otherwise race for
-//!   it. With the `flex` feature the masks of such a thread are computed on the host from the
-//!   stream alone, on any device.
+//!   it. The masks of such a thread are computed on the host from the stream alone and
+//!   uploaded, on any backend and device.
 //!
 //! ```
 //! use bert_model::dropout::DropoutConfig;
@@ -32,8 +32,8 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use burn::tensor::{Shape, Tensor, TensorData};
 
 use crate::ops;
 
@@ -44,20 +44,71 @@ thread_local! {
 /// Makes this thread's dropout masks come from a counter-based stream keyed by `seed` (the
 /// `n`-th mask of the thread from `(seed, n)`), independent of the backend's RNG and of other
 /// threads; `None` returns to the backend's RNG. A data-parallel trainer sets it per replica
-/// and step. (Without the `flex` feature, which computes such masks, it has no effect.)
+/// and step.
 pub fn set_thread_seed(seed: Option<u64>) {
     THREAD_STREAM.with(|s| s.set(seed.map(|seed| (seed, 0))));
 }
 
 /// The seed of this thread's next mask (the `n`-th draw of SplitMix64 keyed by the stream's
 /// seed), when [`set_thread_seed`] gave it a stream.
-#[cfg(feature = "flex")]
 pub(crate) fn next_thread_seed() -> Option<u64> {
     THREAD_STREAM.with(|s| {
         let (seed, n) = s.get()?;
         s.set(Some((seed, n + 1)));
-        Some(crate::kernels::simd::splitmix64(seed, n))
+        Some(splitmix64(seed, n))
     })
+}
+
+/// Output `index` of SplitMix64 (Steele, Lea and Flood 2014) started at `seed`: a counter-based
+/// generator, so any element of a stream can be computed on its own, in any order.
+#[inline(always)]
+pub(crate) fn splitmix64(seed: u64, index: u64) -> u64 {
+    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The mask [`mask_data`] gives for `seed`, shaped as `like` on its device (any device and
+/// backend: it is computed on the host and uploaded), in `like`'s dtype, not tracked.
+pub(crate) fn mask_from_seed<B: Backend, const D: usize>(
+    like: &Tensor<B, D>,
+    keep: f64,
+    seed: u64,
+) -> Tensor<B, D> {
+    let data = mask_data(like.shape(), keep, seed);
+    Tensor::<B, D>::from_data(data, &like.device()).cast(like.dtype())
+}
+
+/// A dropout mask: element `i` is `1 / keep` when the `i`-th 32-bit draw of
+/// [`splitmix64`]`(seed, ·)` (two per 64-bit output, low half first) is below
+/// `keep · 2³²`, else 0. Filled in parallel chunks; the result does not depend on them.
+pub(crate) fn mask_data(shape: Shape, keep: f64, seed: u64) -> TensorData {
+    /// Elements per rayon task (even, so a task starts on a whole 64-bit draw).
+    const CHUNK: usize = 1 << 15;
+    let threshold = (keep * 4_294_967_296.0).round().clamp(0.0, 4_294_967_296.0) as u64;
+    let scale = (1.0 / keep) as f32;
+    let pick = |bits: u64| if bits < threshold { scale } else { 0.0 };
+    let mut mask = vec![0.0f32; shape.num_elements()];
+    let fill = |(task, chunk): (usize, &mut [f32])| {
+        let first = (task * CHUNK / 2) as u64;
+        for (j, pair) in chunk.chunks_mut(2).enumerate() {
+            let draw = splitmix64(seed, first + j as u64);
+            pair[0] = pick(draw & 0xffff_ffff);
+            if let Some(second) = pair.get_mut(1) {
+                *second = pick(draw >> 32);
+            }
+        }
+    };
+    // In parallel where the crate has rayon (the flex feature), else in order: same values.
+    #[cfg(feature = "flex")]
+    {
+        use rayon::prelude::*;
+        mask.par_chunks_mut(CHUNK).enumerate().for_each(fill);
+    }
+    #[cfg(not(feature = "flex"))]
+    mask.chunks_mut(CHUNK).enumerate().for_each(fill);
+    TensorData::new(mask, shape)
 }
 
 /// Configuration of a [`Dropout`].
@@ -105,8 +156,6 @@ impl Dropout {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::TensorData;
-
     type Ad = Autodiff<Flex>;
 
     fn values(t: Tensor<Ad, 2>) -> Vec<f32> {
@@ -176,5 +225,31 @@ mod tests {
         assert_ne!(masks(4).0, a, "another seed, another mask");
         let kept = a.iter().filter(|&&v| v > 0.0).count();
         assert!((200..440).contains(&kept), "about half kept: {kept}");
+    }
+
+    #[test]
+    fn dropout_mask_is_the_serial_stream() {
+        let (len, keep, seed) = (3 * (1 << 15) + 4_321, 0.75, 0xdead_beef);
+        let mask = mask_data(Shape::new([len]), keep, seed)
+            .to_vec::<f32>()
+            .expect("f32 data");
+        let expected: Vec<f32> = (0..len)
+            .map(|i| {
+                let draw = splitmix64(seed, (i / 2) as u64);
+                let bits = if i % 2 == 0 {
+                    draw & 0xffff_ffff
+                } else {
+                    draw >> 32
+                };
+                if (bits as f64) < keep * 4_294_967_296.0 {
+                    1.0 / 0.75
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        assert_eq!(mask, expected);
+        let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / len as f64;
+        assert!((kept - keep).abs() < 0.01, "kept {kept}");
     }
 }

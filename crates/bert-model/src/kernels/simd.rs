@@ -3,16 +3,6 @@
 //! interleaved accumulators in a fixed order (results do not depend on the SIMD width), and
 //! SplitMix64 for the dropout masks.
 
-/// Output `index` of SplitMix64 (Steele, Lea and Flood 2014) started at `seed`: a counter-based
-/// generator, so any element of a stream can be computed on its own, in any order.
-#[inline(always)]
-pub(crate) fn splitmix64(seed: u64, index: u64) -> u64 {
-    let mut z = seed.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// `exp(x)` in f32 without a libm call, so loops over it vectorise: `x = n ln 2 + r`,
 /// `|r| ≤ ln 2 / 2`, a degree-7 Taylor polynomial for `exp(r)` (relative error < 1e-7 before
 /// rounding), `2ⁿ` through the exponent bits. 0 below -87.3, and the input clamped above 88.

@@ -222,9 +222,8 @@ pub(crate) fn dropout_mask<B: Backend, const D: usize>(
     like: &Tensor<B, D>,
     keep: f64,
 ) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
     if let Some(seed) = crate::dropout::next_thread_seed() {
-        return kernels::dropout::mask_from_seed(like, keep, seed);
+        return crate::dropout::mask_from_seed(like, keep, seed);
     }
     #[cfg(feature = "flex")]
     if host_dropout(like) {
