@@ -23,7 +23,7 @@
 //! ```
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor};
 
 /// Casts float parameters to `dtype`, leaving those inside a `LayerNorm` as they are.
@@ -63,6 +63,51 @@ pub fn compute_copy<B: Backend, M: Module<B>>(module: &M, dtype: DType) -> M {
     module.clone().map(&mut CastParams {
         dtype,
         in_layer_norm: 0,
+    })
+}
+
+/// Casts float parameters to `dtype` (LayerNorm's excepted) as new autodiff leaves: detached
+/// from the originals, with their ids and `require_grad`.
+#[derive(Debug)]
+struct LeafParams {
+    cast: CastParams,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for LeafParams {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        <CastParams as ModuleMapper<B>>::enter_module(&mut self.cast, name, container_type);
+    }
+
+    fn exit_module(&mut self, name: &str, container_type: &str) {
+        <CastParams as ModuleMapper<B>>::exit_module(&mut self.cast, name, container_type);
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let require_grad = tensor.is_require_grad();
+        let inner = tensor.inner();
+        let inner = if self.cast.in_layer_norm > 0 {
+            inner
+        } else {
+            inner.cast(self.cast.dtype)
+        };
+        let leaf = Tensor::<B, D>::from_inner(inner).set_require_grad(require_grad);
+        Param::from_mapped_value(id, leaf, mapper)
+    }
+}
+
+/// The same copy as [`compute_copy`], but as autodiff leaves of its own (same parameter ids)
+/// instead of nodes hanging off the originals: a loss's gradients are then taken with respect
+/// to the copy (in its dtype), and one copy can serve several backward passes (the
+/// micro-batches of an optimizer step) without being cast again. The caller casts the
+/// gradients to the master's dtype; they are the ones [`compute_copy`] gives, value for value
+/// (the backward of a cast is the cast back).
+pub fn compute_leaves<B: AutodiffBackend, M: Module<B>>(module: &M, dtype: DType) -> M {
+    module.clone().map(&mut LeafParams {
+        cast: CastParams {
+            dtype,
+            in_layer_norm: 0,
+        },
     })
 }
 
@@ -130,6 +175,61 @@ mod tests {
         assert_eq!(
             grads.get::<Flex, 2>(word.id).expect("embeddings").dtype(),
             DType::F32
+        );
+    }
+
+    /// Leaves give the gradients the connected copy gives, bit for bit, and serve two backward
+    /// passes.
+    #[test]
+    fn leaves_give_the_gradients_of_the_connected_copy() {
+        let (master, _) = model();
+        let connected = compute_copy(&master, DType::BF16);
+        let grads = connected
+            .forward(input(), false)
+            .0
+            .cast(DType::F32)
+            .sum()
+            .backward();
+        let expected = GradientsParams::from_grads(grads, &master);
+        let leaves = compute_leaves(&master, DType::BF16);
+        assert_eq!(leaves.classifier.weight.val().dtype(), DType::BF16, "cast");
+        for _ in 0..2 {
+            let grads = leaves
+                .forward(input(), false)
+                .0
+                .cast(DType::F32)
+                .sum()
+                .backward();
+            let got = GradientsParams::from_grads(grads, &leaves);
+            let ids = [
+                master.classifier.weight.id,
+                master.bert.embeddings.word_embeddings.weight.id,
+                master.bert.encoder.layer[0]
+                    .attention
+                    .self_attn
+                    .query
+                    .weight
+                    .id,
+            ];
+            for id in ids {
+                let e = expected.get::<Flex, 2>(id).expect("expected gradient");
+                let g = got.get::<Flex, 2>(id).expect("leaf gradient");
+                assert_eq!(g.dtype(), DType::BF16);
+                assert_eq!(g.cast(DType::F32).into_data(), e.into_data());
+            }
+            let gamma = master.bert.embeddings.layer_norm.gamma.id;
+            let e = expected.get::<Flex, 1>(gamma).expect("expected gamma");
+            let g = got.get::<Flex, 1>(gamma).expect("leaf gamma");
+            assert_eq!(g.into_data(), e.into_data());
+        }
+        assert!(
+            master
+                .classifier
+                .weight
+                .val()
+                .grad(&leaves.forward(input(), false).0.sum().backward())
+                .is_none(),
+            "the master is not in the leaves' graph"
         );
     }
 

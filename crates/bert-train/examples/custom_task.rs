@@ -17,8 +17,8 @@ use bert_model::loss::cross_entropy;
 use bert_model::{BertConfig, BertInput, BertModel, masked_mean};
 use bert_train::config::TrainingSection;
 use bert_train::trainer::{
-    self, BestMetric, DataSource, InferenceModel, MetricMap, Objective, RunDir, SaveKind, Stats,
-    Task, Trainer, TrainerConfig,
+    self, BestMetric, DataSource, InferenceModel, Measured, MetricMap, Objective, RunDir, SaveKind,
+    Stats, Task, Trainer, TrainerConfig,
 };
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
@@ -94,20 +94,15 @@ impl Batch {
     }
 }
 
-/// Loss sum and rows of a step's micro-batches.
+/// Rows of a step's micro-batches (the loss itself stays on the device: `Measured::new`).
 #[derive(Debug, Default)]
 struct LossSum {
-    loss: f64,
     rows: usize,
 }
 
 impl Stats for LossSum {
     fn merge(&mut self, other: Self) {
-        self.loss += other.loss;
         self.rows += other.rows;
-    }
-    fn loss(&self, micro_batches: usize) -> f64 {
-        self.loss / micro_batches.max(1) as f64
     }
     fn tokens(&self) -> usize {
         self.rows * SEQ
@@ -133,14 +128,13 @@ impl<B: AutodiffBackend> Objective<B> for ContainsSeven {
         model: &ContainsModel<B>,
         batch: &Batch,
         device: &Device<B>,
-    ) -> Result<(Tensor<B, 1>, LossSum)> {
+    ) -> Result<Measured<B, LossSum>> {
         let (ids, labels) = batch.tensors(device);
         let loss = cross_entropy(model.forward(ids), labels);
         let stats = LossSum {
-            loss: f64::from(loss.clone().into_scalar().elem::<f32>()),
             rows: batch.labels.len(),
         };
-        Ok((loss, stats))
+        Ok(Measured::new(loss, stats))
     }
 }
 

@@ -131,15 +131,18 @@ impl Precision {
         Ok(())
     }
 
-    /// The module to run the forward pass with: `model` itself in f32, else its half copy
-    /// ([`bert_model::precision::compute_copy`]).
-    pub fn compute_copy<B: burn::tensor::backend::Backend, M: burn::module::Module<B>>(
+    /// The module to run the forward pass with in a half precision: `None` in f32 (the model
+    /// itself), else its half copy ([`bert_model::precision::compute_copy`]) cast from the
+    /// model's values as leaves of their own, with the master's parameter ids: gradients of a
+    /// loss are then taken with respect to the copy, so that one copy serves every micro-batch
+    /// of a step (see [`crate::trainer::optim::f32_gradients`]).
+    pub fn compute_leaves<B: burn::tensor::backend::AutodiffBackend, M: burn::module::Module<B>>(
         self,
         model: &M,
-    ) -> M {
+    ) -> Option<M> {
         match self {
-            Self::F32 => model.clone(),
-            _ => bert_model::precision::compute_copy(model, self.dtype()),
+            Self::F32 => None,
+            _ => Some(bert_model::precision::compute_leaves(model, self.dtype())),
         }
     }
 }

@@ -20,45 +20,58 @@ use bert_model::{
     save_pretrained,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Device, ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use crate::config::PretrainConfig;
 use crate::trainer::{
-    BestMetric, DataSource, InferenceModel, MetricMap, Objective, RunDir, SaveKind, Stats, Task,
-    Trainer, TrainerConfig,
+    BestMetric, DataSource, InferenceModel, Measured, MetricMap, Objective, RunDir, SaveKind,
+    Stats, Task, Trainer, TrainerConfig,
 };
 
-/// Losses and hit counts of pretraining micro-batches (sums; the trainer averages the losses
-/// over the micro-batches).
+/// What the host knows of pretraining micro-batches: masked positions, NSP pairs, tokens and
+/// rows. Their losses and hits are the device sums [`Sums`] (in that order).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PretrainingStats {
-    mlm_loss: f64,
-    nsp_loss: f64,
-    mlm_correct: usize,
     mlm_count: usize,
-    nsp_correct: usize,
     nsp_count: usize,
     tokens: usize,
     rows: usize,
 }
 
+/// The order of a pretraining micro-batch's device sums.
+#[derive(Debug, Clone, Copy)]
+enum Sums {
+    MlmLoss,
+    NspLoss,
+    MlmCorrect,
+    NspCorrect,
+}
+
+impl Sums {
+    const COUNT: usize = 4;
+
+    fn of(self, sums: &[f64]) -> f64 {
+        sums.get(self as usize).copied().unwrap_or(f64::NAN)
+    }
+}
+
 impl PretrainingStats {
-    fn metrics(&self, batches: usize) -> MetricMap {
+    fn metrics(&self, sums: &[f64], batches: usize) -> MetricMap {
         let b = batches.max(1) as f64;
-        let (mlm_loss, nsp_loss) = (self.mlm_loss / b, self.nsp_loss / b);
+        let (mlm_loss, nsp_loss) = (Sums::MlmLoss.of(sums) / b, Sums::NspLoss.of(sums) / b);
         let mut m = MetricMap::new();
         m.insert("loss".into(), (mlm_loss + nsp_loss).into());
         m.insert("mlm_loss".into(), mlm_loss.into());
         m.insert(
             "mlm_accuracy".into(),
-            (self.mlm_correct as f64 / self.mlm_count.max(1) as f64).into(),
+            (Sums::MlmCorrect.of(sums) / self.mlm_count.max(1) as f64).into(),
         );
         m.insert("perplexity".into(), mlm_loss.exp().into());
         if self.nsp_count > 0 {
             m.insert("nsp_loss".into(), nsp_loss.into());
             m.insert(
                 "nsp_accuracy".into(),
-                (self.nsp_correct as f64 / self.nsp_count as f64).into(),
+                (Sums::NspCorrect.of(sums) / self.nsp_count as f64).into(),
             );
         }
         m
@@ -67,18 +80,14 @@ impl PretrainingStats {
 
 impl Stats for PretrainingStats {
     fn merge(&mut self, o: Self) {
-        self.mlm_loss += o.mlm_loss;
-        self.nsp_loss += o.nsp_loss;
-        self.mlm_correct += o.mlm_correct;
         self.mlm_count += o.mlm_count;
-        self.nsp_correct += o.nsp_correct;
         self.nsp_count += o.nsp_count;
         self.tokens += o.tokens;
         self.rows += o.rows;
     }
 
-    fn loss(&self, micro_batches: usize) -> f64 {
-        (self.mlm_loss + self.nsp_loss) / micro_batches.max(1) as f64
+    fn loss(&self, sums: &[f64], micro_batches: usize) -> f64 {
+        (Sums::MlmLoss.of(sums) + Sums::NspLoss.of(sums)) / micro_batches.max(1) as f64
     }
 
     fn tokens(&self) -> usize {
@@ -89,33 +98,26 @@ impl Stats for PretrainingStats {
         self.rows
     }
 
-    fn log_fields(&self, micro_batches: usize) -> MetricMap {
-        self.metrics(micro_batches)
+    fn log_fields(&self, sums: &[f64], micro_batches: usize) -> MetricMap {
+        self.metrics(sums, micro_batches)
     }
 
-    fn summary(&self, _: usize) -> String {
+    fn summary(&self, sums: &[f64], _: usize) -> String {
         format!(
             " mlm_acc {:.3}",
-            self.mlm_correct as f64 / self.mlm_count.max(1) as f64
+            Sums::MlmCorrect.of(sums) / self.mlm_count.max(1) as f64
         )
     }
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    f64::from(t.into_scalar().elem::<f32>())
-}
-
-fn count<B: Backend>(t: Tensor<B, 1, Int>) -> usize {
-    t.into_scalar().elem::<i64>().max(0) as usize
-}
-
 /// Forward pass and loss of a batch ([`BertForPreTraining::pretraining_loss`]): the loss
-/// tensor and the batch's statistics.
+/// tensor, the device sums (MLM loss, NSP loss, MLM hits, NSP hits: `[4]`, not tracked; zeros
+/// for a part the batch lacks) and the host's statistics. Reads nothing back.
 pub fn forward<B: Backend>(
     model: &BertForPreTraining<B>,
     batch: &PretrainingBatch,
     device: &Device<B>,
-) -> (Tensor<B, 1>, PretrainingStats) {
+) -> (Tensor<B, 1>, Tensor<B, 1>, PretrainingStats) {
     let t = batch.to_tensors::<B>(device);
     let mut positions = Vec::new();
     let mut labels = Vec::new();
@@ -144,16 +146,28 @@ pub fn forward<B: Backend>(
         rows: batch.input_ids.len(),
         ..Default::default()
     };
+    let zero = || Tensor::<B, 1>::zeros([1], device);
+    let value = |t: Tensor<B, 1>| t.detach().cast(DType::F32).reshape([1]);
+    let hits = |t: Tensor<B, 1, Int>| t.float().cast(DType::F32).reshape([1]);
+    let mut sums = vec![zero(); Sums::COUNT];
     if let (Some(correct), Some(loss)) = (out.mlm_correct, out.mlm_loss) {
-        stats.mlm_correct = count(correct);
-        stats.mlm_loss = scalar(loss);
+        sums[Sums::MlmCorrect as usize] = hits(correct);
+        sums[Sums::MlmLoss as usize] = value(loss);
     }
     if let (Some(correct), Some(loss)) = (out.nsp_correct, out.nsp_loss) {
-        stats.nsp_correct = count(correct);
+        sums[Sums::NspCorrect as usize] = hits(correct);
+        sums[Sums::NspLoss as usize] = value(loss);
         stats.nsp_count = nsp.len();
-        stats.nsp_loss = scalar(loss);
     }
-    (out.loss, stats)
+    (out.loss, Tensor::cat(sums, 0), stats)
+}
+
+/// The sums of [`forward`] on the host (evaluation reads them anyway).
+fn read_sums<B: Backend>(sums: Tensor<B, 1>) -> Result<Vec<f64>> {
+    sums.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .map_err(|e| anyhow::anyhow!("cannot read the pretraining sums: {e:?}"))
 }
 
 /// BERT's pretraining objective on [`PretrainingBatch`]es (also what `bert bench train` times).
@@ -170,8 +184,9 @@ impl<B: AutodiffBackend> Objective<B> for PretrainingObjective {
         model: &BertForPreTraining<B>,
         batch: &PretrainingBatch,
         device: &Device<B>,
-    ) -> Result<(Tensor<B, 1>, PretrainingStats)> {
-        Ok(forward(model, batch, device))
+    ) -> Result<Measured<B, PretrainingStats>> {
+        let (loss, sums, stats) = forward(model, batch, device);
+        Ok(Measured::with_sums(loss, sums.inner(), stats))
     }
 }
 
@@ -213,8 +228,9 @@ impl<B: AutodiffBackend> Objective<B> for PretrainingTask<'_> {
         model: &BertForPreTraining<B>,
         batch: &PretrainingBatch,
         device: &Device<B>,
-    ) -> Result<(Tensor<B, 1>, PretrainingStats)> {
-        Ok(forward(model, batch, device))
+    ) -> Result<Measured<B, PretrainingStats>> {
+        let (loss, sums, stats) = forward(model, batch, device);
+        Ok(Measured::with_sums(loss, sums.inner(), stats))
     }
 }
 
@@ -239,16 +255,25 @@ impl<B: AutodiffBackend> Task<B> for PretrainingTask<'_> {
         };
         let mut stream = eval_stream(valid, &self.data.vocab, &self.data.special, self.config);
         let mut total = PretrainingStats::default();
+        let mut sums = None;
         let mut batches = 0usize;
         for _ in 0..self.config.training.eval_batches.max(1) {
             let Some(batch) = stream.next_batch(self.config.training.batch_size) else {
                 break;
             };
-            let (_, s) = forward(model, &batch, device);
+            let (_, batch_sums, s) = forward(model, &batch, device);
             total.merge(s);
+            sums = Some(match sums {
+                Some(all) => all + batch_sums,
+                None => batch_sums,
+            });
             batches += 1;
         }
-        Ok(Some(total.metrics(batches)))
+        let sums = match sums {
+            Some(sums) => read_sums(sums)?,
+            None => vec![0.0; Sums::COUNT],
+        };
+        Ok(Some(total.metrics(&sums, batches)))
     }
 
     fn eval_message(&self, m: &MetricMap) -> String {

@@ -36,8 +36,12 @@ impl TrainingProgress {
     }
 
     /// One step done, ending at `loss`.
-    pub fn step(&self, loss: f64) {
+    pub fn step(&self) {
         self.bar.inc(1);
+    }
+
+    /// The loss the bar shows (the last one read from the device).
+    pub fn set_loss(&self, loss: f64) {
         if self.tty {
             self.bar
                 .set_message(format!("{} loss {loss:.4}", self.what));

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Result;
 use bert_train::config::TrainingSection;
 use bert_train::trainer::{
-    self, BestMetric, DataSource, InferenceModel, MetricMap, Objective, RunDir, SaveKind, Stats,
-    Task, Trainer, TrainerConfig,
+    self, BestMetric, DataSource, InferenceModel, Measured, MetricMap, Objective, RunDir, SaveKind,
+    Stats, Task, Trainer, TrainerConfig,
 };
 use burn::backend::{Autodiff, Flex};
 use burn::module::{Module, Param};
@@ -53,17 +53,12 @@ impl Batch {
 
 #[derive(Debug, Default)]
 struct Sum {
-    loss: f64,
     rows: usize,
 }
 
 impl Stats for Sum {
     fn merge(&mut self, o: Self) {
-        self.loss += o.loss;
         self.rows += o.rows;
-    }
-    fn loss(&self, micro_batches: usize) -> f64 {
-        self.loss / micro_batches.max(1) as f64
     }
     fn tokens(&self) -> usize {
         self.rows
@@ -114,7 +109,7 @@ impl<B: AutodiffBackend> Objective<B> for Regression {
         model: &Linear<B>,
         batch: &Batch,
         device: &Device<B>,
-    ) -> Result<(Tensor<B, 1>, Sum)> {
+    ) -> Result<Measured<B, Sum>> {
         let forward = self.forwards.fetch_add(1, Ordering::SeqCst);
         match self.fail_at {
             Some((f, Fault::Error)) if f == forward => anyhow::bail!("injected failure"),
@@ -126,10 +121,9 @@ impl<B: AutodiffBackend> Objective<B> for Regression {
             loss = loss * f32::NAN;
         }
         let stats = Sum {
-            loss: f64::from(loss.clone().into_scalar().elem::<f32>()),
             rows: batch.y.len(),
         };
-        Ok((loss, stats))
+        Ok(Measured::new(loss, stats))
     }
 }
 

@@ -98,6 +98,26 @@ pub struct BenchEncodeArgs {
     pub json: bool,
 }
 
+/// The mean loss of a step's merged statistics (a host read).
+fn read_loss<B: Backend>(
+    tally: ddp::Tally<B, crate::pretraining::PretrainingStats>,
+    micro_batches: usize,
+) -> Result<f64> {
+    let Some(sums) = tally.sums else {
+        return Ok(f64::NAN);
+    };
+    let sums = sums
+        .into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .map_err(|e| anyhow::anyhow!("cannot read the loss: {e:?}"))?;
+    Ok(crate::trainer::Stats::loss(
+        &tally.stats,
+        &sums,
+        micro_batches,
+    ))
+}
+
 /// Median, mean, min, max, p10 and p90 of durations in milliseconds.
 fn summary(ms: &[f64]) -> serde_json::Value {
     let mut v = ms.to_vec();
@@ -314,19 +334,24 @@ fn bench_train<B: AutodiffBackend>(
                 device,
             )?;
             model = next;
-            let mut merged = crate::pretraining::PretrainingStats::default();
+            let mut tally = ddp::Tally::default();
             for s in replica_stats {
-                crate::trainer::Stats::merge(&mut merged, s);
+                tally.merge(s, device);
             }
-            let stats = crate::trainer::Stats::loss(&merged, micro_batches);
+            // The loss is read on the first and the last step only, as the trainer reads it
+            // once per logging window; the others just wait for the devices.
+            let last = i + 1 == args.warmup + args.steps;
+            if i == 0 || last {
+                let loss = read_loss(tally, micro_batches)?;
+                if i == 0 {
+                    first_loss = loss;
+                }
+                last_loss = loss;
+            }
             for d in &devices {
                 B::sync(d).map_err(|e| anyhow::anyhow!("{e:?}"))?;
             }
             let elapsed = start.elapsed().as_secs_f64() * 1e3;
-            last_loss = stats;
-            if i == 0 {
-                first_loss = stats;
-            }
             if i >= args.warmup {
                 times.push(elapsed);
             }

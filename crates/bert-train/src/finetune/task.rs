@@ -7,13 +7,13 @@ use anyhow::{Context, Result, bail};
 use bert_data::BertTokenizer;
 use bert_model::{BertConfig, LoadOptions, PretrainedBert};
 use burn::module::AutodiffModule;
+use burn::tensor::Device;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Device, ElementConversion, Tensor};
 
 use super::{BatchLoss, Setup, order};
 use crate::trainer::{
-    BestMetric, Goal, InferenceModel, MetricMap, Objective, SaveKind, Stats, Task, Trainer,
-    TrainerConfig,
+    BestMetric, Goal, InferenceModel, Measured, MetricMap, Objective, SaveKind, Stats, Task,
+    Trainer, TrainerConfig,
 };
 
 /// The direction of a dev metric the tasks report: losses and errors are minimised, every
@@ -43,23 +43,17 @@ pub fn metric_goal(name: &str) -> Result<Goal> {
     }
 }
 
-/// The sum of a step's micro-batch losses and their tokens and rows.
+/// The tokens and rows of a step's micro-batches (their losses are the device sums).
 #[derive(Debug, Default)]
 pub struct LossStats {
-    loss_sum: f64,
     tokens: usize,
     rows: usize,
 }
 
 impl Stats for LossStats {
     fn merge(&mut self, other: Self) {
-        self.loss_sum += other.loss_sum;
         self.tokens += other.tokens;
         self.rows += other.rows;
-    }
-
-    fn loss(&self, micro_batches: usize) -> f64 {
-        self.loss_sum / micro_batches.max(1) as f64
     }
 
     fn tokens(&self) -> usize {
@@ -98,14 +92,13 @@ where
         model: &M,
         rows: &Vec<usize>,
         device: &Device<B>,
-    ) -> Result<(Tensor<B, 1>, LossStats)> {
+    ) -> Result<Measured<B, LossStats>> {
         let l = (self.loss)(model, rows, device)?;
         let stats = LossStats {
-            loss_sum: f64::from(l.loss.clone().into_scalar().elem::<f32>()),
             tokens: l.tokens,
             rows: rows.len(),
         };
-        Ok((l.loss, stats))
+        Ok(Measured::new(l.loss, stats))
     }
 }
 

@@ -24,10 +24,10 @@ use burn::collective::{
 use burn::module::{AutodiffModule, Module};
 use burn::optim::GradientsParams;
 use burn::prelude::DeviceOps;
-use burn::tensor::Device;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Device, Tensor};
 
-use super::optim::{Accumulation, AdamW, OptimizerConfig, StepStats};
+use super::optim::{self, Accumulation, AdamW, OptimizerConfig, StepStats};
 use super::task::{Objective, Stats};
 use crate::config::Precision;
 
@@ -94,33 +94,88 @@ pub struct Share<T> {
     pub idle: Option<T>,
 }
 
+/// A replica's statistics of a step: the host's, and the device sums of its micro-batches
+/// ([`Measured::sums`](super::task::Measured), `None` for a replica without batches), not
+/// read.
+#[derive(Debug, Default)]
+pub struct Tally<B: Backend, S> {
+    /// The sums, on the replica's device.
+    pub sums: Option<Tensor<B, 1>>,
+    /// The host's statistics.
+    pub stats: S,
+}
+
+impl<B: Backend, S: Stats> Tally<B, S> {
+    /// Adds `other` (from any device: its sums are moved to `device`).
+    pub fn merge(&mut self, other: Self, device: &Device<B>) {
+        self.stats.merge(other.stats);
+        if let Some(sums) = other.sums {
+            let sums = sums.to_device(device);
+            self.sums = Some(match self.sums.take() {
+                Some(s) => s + sums,
+                None => sums,
+            });
+        }
+    }
+}
+
 impl<B: AutodiffBackend, O: Objective<B>> Work<B> for Step<'_, O> {
     type Model = O::Model;
     type Share = Share<O::Batch>;
-    type Stats = O::Stats;
+    type Stats = Tally<B::InnerBackend, O::Stats>;
 
     fn gradients(
         &self,
         model: &O::Model,
         share: &Share<O::Batch>,
         device: &Device<B>,
-    ) -> Result<(GradientsParams, O::Stats)> {
-        let mut stats = O::Stats::default();
+    ) -> Result<(GradientsParams, Self::Stats)> {
+        let mut tally = Tally::<B::InnerBackend, O::Stats>::default();
         let mut accumulation = Accumulation::default();
-        for batch in &share.batches {
-            let compute = self.precision.compute_copy(model);
-            let (loss, s) = self.objective.loss(&compute, batch, device)?;
-            stats.merge(s);
-            accumulation.add(model, loss.backward());
+        let idle = share.batches.is_empty();
+        let batches: Vec<&O::Batch> = if idle {
+            share.idle.iter().collect()
+        } else {
+            share.batches.iter().collect()
+        };
+        if batches.is_empty() {
+            return Ok((accumulation.take().0, tally));
         }
-        if let (true, Some(batch)) = (share.batches.is_empty(), &share.idle) {
-            let compute = self.precision.compute_copy(model);
-            let (loss, _) = self.objective.loss(&compute, batch, device)?;
-            accumulation.add(model, (loss * 0.0).backward());
+        // The half copy is cast once per step and differentiated as leaves of its own; each
+        // micro-batch's gradients are cast back to f32 and summed into the master's.
+        let half = self.precision.compute_leaves(model);
+        for batch in batches {
+            let compute = half.as_ref().unwrap_or(model);
+            let measured = self.objective.loss(compute, batch, device)?;
+            let loss = if idle {
+                // A stand-in for the all-reduce: zero gradients, no statistics.
+                measured.loss * 0.0
+            } else {
+                let sums = measured.sums;
+                tally.merge(
+                    Tally {
+                        sums: Some(sums),
+                        stats: measured.stats,
+                    },
+                    device,
+                );
+                measured.loss
+            };
+            match &half {
+                None => accumulation.add(model, loss.backward()),
+                Some(leaves) => {
+                    let grads = GradientsParams::from_grads(loss.backward(), leaves);
+                    accumulation.add_params(model, optim::f32_gradients(model, grads));
+                }
+            }
         }
-        Ok((accumulation.take().0, stats))
+        Ok((accumulation.take().0, tally))
     }
 }
+
+/// What a step gives: the updated model, the statistics of its micro-batches (`S`) and the
+/// optimizer's (gradient norm, learning rate).
+pub type Stepped<B, M, S> = (M, S, StepStats<<B as AutodiffBackend>::InnerBackend>);
 
 /// One replica's part of a step: its gradients ([`Work::gradients`]), summed with the other
 /// replicas' (when `peer` is set), divided by `micro_batches` (the step's micro-batches on all
@@ -135,7 +190,7 @@ pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
     peer: Option<PeerId>,
     lr: f64,
     device: &Device<B>,
-) -> Result<(W::Model, W::Stats, StepStats)> {
+) -> Result<Stepped<B, W::Model, W::Stats>> {
     let (grads, stats) = work.gradients(&model, share, device)?;
     let grads = match peer {
         Some(peer) => grads
@@ -309,7 +364,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         step: u64,
         lr: f64,
         device: &Device<B>,
-    ) -> Result<(W::Model, Vec<W::Stats>, StepStats)> {
+    ) -> Result<Stepped<B, W::Model, Vec<W::Stats>>> {
         let mut shares = shares.into_iter();
         let own = shares.next().context("no share for replica 0")?;
         for (rank, (jobs, share)) in self.jobs.iter().zip(shares).enumerate() {

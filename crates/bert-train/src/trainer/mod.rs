@@ -15,8 +15,9 @@
 //!     lr       = schedule(step)
 //!     seed dropout (seed, step, rank)
 //!     grads    = Σ over replicas and micro-batches of backward(loss(batch))   (all-reduce)
-//!     model    = AdamW(model, clip(grads / micro-batches), lr)
-//!     stop if the loss is not finite
+//!     model    = AdamW(model, clip(grads / micro-batches), lr)      (no host read so far)
+//!     on logging, evaluation and save steps only: read the steps' losses and gradient norms
+//!       since the last read (one transfer), stop if one is not finite
 //!     log every log_every_steps; evaluate every eval_every_steps (best/, early stopping)
 //!     checkpoint every save_every_steps, at the end, and before stopping (Ctrl-C, stop_after_steps)
 //! ```
@@ -33,14 +34,16 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use bert_data::seeds;
 use burn::module::AutodiffModule;
-use burn::tensor::Device;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Metrics, checkpoint_dirs};
+pub use ddp::Tally;
 pub use optim::{AdamW, Decay, OptimizerConfig, ScheduleConfig, StepStats, lr_at};
 pub use task::{
-    BestMetric, DataSource, Goal, InferenceModel, MetricMap, Objective, SaveKind, Stats, Task,
+    BestMetric, DataSource, Goal, InferenceModel, Measured, MetricMap, Objective, SaveKind, Stats,
+    Task,
 };
 
 use crate::config::TrainingSection;
@@ -238,7 +241,13 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
         );
         // What the steps compute in: the dtype of the compute copy's matrices (f32, or the half
         // type of mixed precision), reported on every train line.
-        let compute_dtype = optim::matrix_dtype(&training.precision.compute_copy(&model))
+        let compute_dtype = training
+            .precision
+            .compute_leaves(&model)
+            .map_or_else(
+                || optim::matrix_dtype(&model),
+                |half| optim::matrix_dtype(&half),
+            )
             .map_or_else(|| "none".to_string(), |d| format!("{d:?}").to_lowercase());
         let started = Instant::now();
         let (stopped, model) = std::thread::scope(|scope| -> Result<(bool, M)> {
@@ -253,6 +262,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 seed,
             )?;
             let mut window = (0usize, Instant::now());
+            let mut pending = Pending::<B::InnerBackend, T::Stats>::default();
             while run.state.step < total {
                 let step = run.state.step;
                 // A step's micro-batches: replica r takes the r-th run of `micro` of them.
@@ -283,40 +293,39 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 let (next, replica_stats, opt_stats) =
                     replicas.step(&step_work, model, &mut opt, shares, n, step, lr, &device)?;
                 model = next;
-                let mut stats = T::Stats::default();
+                let mut tally = ddp::Tally::<B::InnerBackend, T::Stats>::default();
                 for s in replica_stats {
-                    stats.merge(s);
-                }
-                let loss = stats.loss(n);
-                // The weights of a diverged step are never saved: the last checkpoint stays
-                // the last good one.
-                if !loss.is_finite() {
-                    return Err(checkpoint::diverged(
-                        &format!("loss is {loss}"),
-                        step + 1,
-                        &out,
-                    ));
-                }
-                if !opt_stats.grad_norm.is_finite() {
-                    let what = format!("gradient norm is {}", opt_stats.grad_norm);
-                    return Err(checkpoint::diverged(&what, step + 1, &out));
+                    tally.merge(s, &device);
                 }
                 run.state.step += 1;
-                run.state.examples += stats.examples() as u64;
+                run.state.examples += tally.stats.examples() as u64;
                 run.state.data = serde_json::to_value(data.position())?;
-                window.0 += stats.tokens();
-                progress.step(loss);
+                window.0 += tally.stats.tokens();
+                pending.push(run.state.step, tally, opt_stats, n);
+                progress.step();
                 let epoch = data.epoch();
                 let step = run.state.step;
-                if step.is_multiple_of(training.log_every_steps.max(1)) || step == total {
+                let log_due = step.is_multiple_of(training.log_every_steps.max(1)) || step == total;
+                let eval_due = checkpoint::due(training.eval_every_steps, step) || step == total;
+                let stop = checkpoint::stop_requested(&interrupted, &training, step, total);
+                let save_due = checkpoint::due(training.save_every_steps, step) || step == total;
+                if !(log_due || eval_due || save_due || stop) {
+                    // No read this step: the GPU keeps its queue.
+                    continue;
+                }
+                // The one read of the steps since the last one; a diverged step fails here,
+                // before anything is written from its weights.
+                let last = pending.read(&out)?;
+                progress.set_loss(last.loss);
+                if log_due {
                     let secs = window.1.elapsed().as_secs_f64().max(1e-9);
-                    let mut line = stats.log_fields(n);
+                    let mut line = last.stats.log_fields(&last.sums, last.micro_batches);
                     line.insert("split".into(), "train".into());
                     line.insert("step".into(), step.into());
                     line.insert("epoch".into(), epoch.into());
-                    line.insert("loss".into(), loss.into());
-                    line.insert("lr".into(), opt_stats.lr.into());
-                    line.insert("grad_norm".into(), opt_stats.grad_norm.into());
+                    line.insert("loss".into(), last.loss.into());
+                    line.insert("lr".into(), last.lr.into());
+                    line.insert("grad_norm".into(), last.grad_norm.into());
                     line.insert("compute_dtype".into(), compute_dtype.clone().into());
                     let tokens_per_second = window.0 as f64 / secs;
                     line.insert("tokens_per_second".into(), tokens_per_second.into());
@@ -327,17 +336,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                         line.insert("data_wait_fraction".into(), fraction.into());
                         wait = format!(", data wait {:.1}%", 100.0 * fraction);
                     }
+                    let loss = last.loss;
                     progress.log(|| {
                         format!(
                             "step {step}/{total} loss {loss:.4}{} lr {lr:.2e} {tokens_per_second:.0} tok/s{wait}",
-                            stats.summary(n)
+                            last.stats.summary(&last.sums, last.micro_batches)
                         )
                     });
                     metrics.write(&serde_json::Value::Object(line))?;
                     window = (0, Instant::now());
                 }
                 let mut early_stop = false;
-                if checkpoint::due(training.eval_every_steps, step) || step == total {
+                if eval_due {
                     let eval_start = Instant::now();
                     let evaluated =
                         run.evaluate(task, &model, epoch, &device, &mut metrics, &progress)?;
@@ -345,12 +355,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                     window.1 += eval_start.elapsed();
                     early_stop = evaluated && run.patience_exhausted(&progress);
                 }
-                let stop = checkpoint::stop_requested(&interrupted, &training, step, total);
-                if checkpoint::due(training.save_every_steps, step)
-                    || step == total
-                    || stop
-                    || early_stop
-                {
+                if save_due || stop || early_stop {
                     run.save_checkpoint(task, &model, &opt)?;
                 }
                 if early_stop {
@@ -378,6 +383,107 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
             out.join("final").display()
         );
         Ok(model)
+    }
+}
+
+/// The steps since the last read: their values stay on the device until the next logging
+/// step, evaluation or save reads them all at once ([`Pending::read`]).
+struct Pending<B: Backend, S> {
+    steps: Vec<PendingStep<B, S>>,
+}
+
+impl<B: Backend, S> Default for Pending<B, S> {
+    fn default() -> Self {
+        Self { steps: Vec::new() }
+    }
+}
+
+struct PendingStep<B: Backend, S> {
+    /// 1-based step number.
+    step: u64,
+    /// The task's sums then the gradient norm (`[k + 1]`).
+    values: Tensor<B, 1>,
+    stats: S,
+    micro_batches: usize,
+    lr: f64,
+}
+
+/// A step's values on the host.
+struct ReadStep<S> {
+    loss: f64,
+    grad_norm: f64,
+    sums: Vec<f64>,
+    stats: S,
+    micro_batches: usize,
+    lr: f64,
+}
+
+impl<B: Backend, S: Stats> Pending<B, S> {
+    fn push(
+        &mut self,
+        step: u64,
+        tally: ddp::Tally<B, S>,
+        opt: optim::StepStats<B>,
+        micro_batches: usize,
+    ) {
+        let grad_norm = opt.grad_norm.reshape([1]);
+        let values = match tally.sums {
+            Some(sums) => {
+                let grad_norm = grad_norm.to_device(&sums.device());
+                Tensor::cat(vec![sums, grad_norm], 0)
+            }
+            None => grad_norm,
+        };
+        self.steps.push(PendingStep {
+            step,
+            values,
+            stats: tally.stats,
+            micro_batches,
+            lr: opt.lr,
+        });
+    }
+
+    /// Reads every pending step's values in one transfer and returns the last step's. The
+    /// first step whose loss or gradient norm is not finite is an error (the divergence of
+    /// [`checkpoint::diverged`], naming the run's last good checkpoint in `out`).
+    fn read(&mut self, out: &Path) -> Result<ReadStep<S>> {
+        let steps = std::mem::take(&mut self.steps);
+        let lengths: Vec<usize> = steps.iter().map(|s| s.values.dims()[0]).collect();
+        let values = Tensor::cat(steps.iter().map(|s| s.values.clone()).collect(), 0)
+            .into_data()
+            .convert::<f64>()
+            .to_vec::<f64>()
+            .map_err(|e| anyhow::anyhow!("cannot read the step statistics: {e:?}"))?;
+        let mut offset = 0;
+        let mut last = None;
+        for (s, len) in steps.into_iter().zip(lengths) {
+            let mut sums = values[offset..offset + len].to_vec();
+            offset += len;
+            let grad_norm = sums.pop().unwrap_or(f64::NAN);
+            let loss = s.stats.loss(&sums, s.micro_batches);
+            // The weights of a diverged step are never saved: the last checkpoint stays the
+            // last good one.
+            if !loss.is_finite() {
+                return Err(checkpoint::diverged(
+                    &format!("loss is {loss}"),
+                    s.step,
+                    out,
+                ));
+            }
+            if !grad_norm.is_finite() {
+                let what = format!("gradient norm is {grad_norm}");
+                return Err(checkpoint::diverged(&what, s.step, out));
+            }
+            last = Some(ReadStep {
+                loss,
+                grad_norm,
+                sums,
+                stats: s.stats,
+                micro_batches: s.micro_batches,
+                lr: s.lr,
+            });
+        }
+        last.context("no step to read")
     }
 }
 

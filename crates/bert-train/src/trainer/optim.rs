@@ -12,7 +12,7 @@ use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// `[optimizer]` of a config.
@@ -153,7 +153,7 @@ struct GradNorm<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-            let sq = g.powi_scalar(2).sum();
+            let sq = g.cast(DType::F32).powi_scalar(2).sum();
             self.sum = Some(match self.sum.take() {
                 Some(s) => s + sq,
                 None => sq,
@@ -162,11 +162,18 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for GradNorm<'_, B> {
     }
 }
 
+/// What the gradients are multiplied by before the update: the averaging factor alone, or
+/// with the clip factor (`[1]`, on the device).
+enum Scale<B: Backend> {
+    Host(f64),
+    Device(Tensor<B, 1>),
+}
+
 struct Update<'a, B: AutodiffBackend> {
     grads: &'a GradientsParams,
     path: Vec<String>,
     lr: f64,
-    scale: f64,
+    scale: Scale<B::InnerBackend>,
     config: &'a OptimizerConfig,
     step: u64,
     moments: &'a mut BTreeMap<String, Moments<B::InnerBackend>>,
@@ -190,7 +197,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let shape = tensor.shape();
         let n = shape.num_elements();
         let value = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]) * self.scale;
+        let g = grad.reshape([n]).cast(value.dtype());
+        let g = match &self.scale {
+            Scale::Host(scale) => g * *scale,
+            Scale::Device(scale) => g * scale.clone(),
+        };
         let c = self.config;
         let state = self.moments.remove(&path).unwrap_or_else(|| Moments {
             m: value.zeros_like(),
@@ -234,6 +245,31 @@ impl<B: Backend> ModuleVisitor<B> for ParamSizes<B> {
     }
 }
 
+/// `grads` (by parameter id of `model`) with every gradient in f32: the gradients of a half
+/// compute copy, for the f32 master weights and their optimizer.
+pub fn f32_gradients<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: &M,
+    grads: GradientsParams,
+) -> GradientsParams {
+    struct Cast<B> {
+        grads: GradientsParams,
+        backend: std::marker::PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Cast<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register(param.id, g.cast(DType::F32));
+            }
+        }
+    }
+    let mut cast = Cast::<B> {
+        grads,
+        backend: std::marker::PhantomData,
+    };
+    model.visit(&mut cast);
+    cast.grads
+}
+
 /// Whether every float parameter of a module is finite (reads each back: for the rare
 /// moments a model is written).
 pub fn all_finite<B: Backend, M: burn::module::Module<B>>(model: &M) -> bool {
@@ -272,11 +308,12 @@ pub fn matrix_dtype<B: Backend, M: burn::module::Module<B>>(
     first.0
 }
 
-/// Statistics of one optimizer step.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepStats {
-    /// Global gradient L2 norm before clipping.
-    pub grad_norm: f64,
+/// Statistics of one optimizer step, left on the device (read with the step's other values
+/// once per logging window).
+#[derive(Debug, Clone)]
+pub struct StepStats<B: Backend> {
+    /// Global gradient L2 norm before clipping (`[1]`).
+    pub grad_norm: Tensor<B, 1>,
     /// Learning rate used.
     pub lr: f64,
 }
@@ -299,7 +336,7 @@ impl<B: AutodiffBackend> AdamW<B> {
         model: M,
         grads: B::Gradients,
         lr: f64,
-    ) -> (M, StepStats) {
+    ) -> (M, StepStats<B::InnerBackend>) {
         let grads = GradientsParams::from_grads(grads, &model);
         self.step_params(model, &grads, 1.0, lr)
     }
@@ -313,21 +350,28 @@ impl<B: AutodiffBackend> AdamW<B> {
         grads: &GradientsParams,
         grad_scale: f64,
         lr: f64,
-    ) -> (M, StepStats) {
+    ) -> (M, StepStats<B::InnerBackend>) {
         let mut norm = GradNorm::<B> { grads, sum: None };
         model.visit(&mut norm);
+        let device = model.devices().into_iter().next().unwrap_or_default();
         let grad_norm = norm
             .sum
-            .map(|s| f64::from(s.into_scalar().elem::<f32>()).sqrt())
-            .unwrap_or(0.0)
-            * grad_scale;
+            .map(|s| s.cast(DType::F32).sqrt() * grad_scale)
+            .unwrap_or_else(|| Tensor::zeros([1], &device));
+        // The clip factor stays on the device, as torch.nn.utils.clip_grad_norm_ computes it:
+        // min(1, max / (norm + 1e-6)), no host read between backward and the update.
         let max = self.config.max_grad_norm;
-        let scale = grad_scale
-            * if max > 0.0 && grad_norm > max {
-                max / (grad_norm + 1e-6)
-            } else {
-                1.0
-            };
+        let scale = if max > 0.0 {
+            Scale::Device(
+                (grad_norm.clone() + 1e-6)
+                    .recip()
+                    .mul_scalar(max)
+                    .clamp_max(1.0)
+                    .mul_scalar(grad_scale),
+            )
+        } else {
+            Scale::Host(grad_scale)
+        };
         self.step += 1;
         let mut update = Update::<B> {
             grads,
@@ -430,6 +474,16 @@ impl<M> Accumulation<M> {
     {
         self.inner
             .accumulate(model, GradientsParams::from_grads(grads, model));
+        self.count += 1;
+    }
+
+    /// Adds the gradients of one micro-batch given by parameter id (those of the half compute
+    /// copy, cast to f32 by [`f32_gradients`]).
+    pub fn add_params<B: AutodiffBackend>(&mut self, model: &M, grads: GradientsParams)
+    where
+        M: AutodiffModule<B>,
+    {
+        self.inner.accumulate(model, grads);
         self.count += 1;
     }
 

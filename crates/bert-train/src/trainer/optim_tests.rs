@@ -3,6 +3,11 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 
+/// The gradient norm of a step, read.
+fn norm<B: burn::tensor::backend::Backend>(stats: &StepStats<B>) -> f64 {
+    f64::from(stats.grad_norm.clone().into_scalar().elem::<f32>())
+}
+
 type AB = Autodiff<Flex>;
 
 #[derive(Module, Debug)]
@@ -68,7 +73,7 @@ fn one_step_matches_adamw_by_hand() {
     };
     let mut opt = AdamW::<AB>::new(config.clone());
     let (model, stats) = opt.step(model, grads, 0.1);
-    assert!((stats.grad_norm - 26f64.sqrt()).abs() < 1e-5);
+    assert!((norm(&stats) - 26f64.sqrt()).abs() < 1e-5);
     let w1: Vec<f32> = model.dense.weight.val().into_data().to_vec().expect("w");
     let b1: Vec<f32> = model
         .dense
@@ -121,7 +126,7 @@ fn global_norm_clipping_matches_a_hand_computation_over_two_steps() {
         let grads = (model.dense.forward(x.clone()).sum() * c).backward();
         let (next, stats) = opt.step(model, grads, 0.1);
         model = next;
-        norms.push(stats.grad_norm);
+        norms.push(norm(&stats));
     }
     assert!((norms[0] - 26f64.sqrt()).abs() < 1e-5 && (norms[1] - 0.1 * 26f64.sqrt()).abs() < 1e-5);
     // The same two steps by hand; `clip` maps a step's gradient to the clipped one.
@@ -203,7 +208,7 @@ fn accumulated_micro_batches_equal_the_full_batch() {
     assert_eq!(scale, 0.5);
     let mut micro = AdamW::<AB>::new(config);
     let (b, sb) = micro.step_params(model, &grads, scale, 0.1);
-    assert!((sa.grad_norm - sb.grad_norm).abs() < 1e-5, "{sa:?} {sb:?}");
+    assert!((norm(&sa) - norm(&sb)).abs() < 1e-5, "{sa:?} {sb:?}");
     let wa: Vec<f32> = a.dense.weight.val().into_data().to_vec().expect("w");
     let wb: Vec<f32> = b.dense.weight.val().into_data().to_vec().expect("w");
     for (p, q) in wa.iter().zip(&wb) {

@@ -8,34 +8,72 @@ use std::time::Duration;
 use anyhow::Result;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// A JSON object of metrics (`metrics.jsonl` lines, `eval.json`).
 pub type MetricMap = serde_json::Map<String, serde_json::Value>;
 
-/// What one micro-batch reports: sums over micro-batches, merged over a step's micro-batches
-/// and replicas, then read once per step.
+/// What the host knows of one micro-batch (tokens, rows, counts of targets), merged over a
+/// step's micro-batches and replicas. The values only the device knows (the loss, hit counts)
+/// travel beside it as the [`Measured::sums`] vector, which the trainer reads once per logging
+/// window and hands to these methods as `sums` (summed over the step's micro-batches).
 pub trait Stats: Default + Send {
     /// Adds another micro-batch's (or replica's) statistics.
     fn merge(&mut self, other: Self);
-    /// The mean loss over the `micro_batches` merged micro-batches.
-    fn loss(&self, micro_batches: usize) -> f64;
+    /// The mean loss over the `micro_batches` merged micro-batches (default: the first sum,
+    /// which [`Measured::new`] makes the loss, divided by their number).
+    fn loss(&self, sums: &[f64], micro_batches: usize) -> f64 {
+        sums.first().copied().unwrap_or(f64::NAN) / micro_batches.max(1) as f64
+    }
     /// Real (unpadded) tokens, for tokens/s.
     fn tokens(&self) -> usize;
     /// Training examples (rows), for the trainer state.
     fn examples(&self) -> usize;
     /// Fields of the `train` line of metrics.jsonl besides `loss`, `lr`, `grad_norm` and
     /// `tokens_per_second`.
-    fn log_fields(&self, micro_batches: usize) -> MetricMap {
-        let _ = micro_batches;
+    fn log_fields(&self, sums: &[f64], micro_batches: usize) -> MetricMap {
+        let _ = (sums, micro_batches);
         MetricMap::new()
     }
     /// What the periodic progress line shows after the loss (e.g. ` mlm_acc 0.123`).
-    fn summary(&self, micro_batches: usize) -> String {
-        let _ = micro_batches;
+    fn summary(&self, sums: &[f64], micro_batches: usize) -> String {
+        let _ = (sums, micro_batches);
         String::new()
+    }
+}
+
+/// What an [`Objective`] gives for one micro-batch: the loss to differentiate, the values
+/// summed on the device, and the host's statistics. Nothing here is read back by the step:
+/// the trainer reads the sums once per logging window, so a GPU's queue never waits on the
+/// host between micro-batches.
+#[derive(Debug)]
+pub struct Measured<B: AutodiffBackend, S> {
+    /// The loss (`[1]`), differentiated.
+    pub loss: Tensor<B, 1>,
+    /// Values to sum over micro-batches and replicas (`[k]`, f32, not tracked): the loss and
+    /// whatever else the task logs (hit counts, partial losses), in an order of the task's
+    /// choosing; the [`Stats`] methods get their sums.
+    pub sums: Tensor<B::InnerBackend, 1>,
+    /// What the host knows (tokens, rows).
+    pub stats: S,
+}
+
+impl<B: AutodiffBackend, S> Measured<B, S> {
+    /// The loss, with itself as the only sum (what [`Stats::loss`]'s default reads).
+    pub fn new(loss: Tensor<B, 1>, stats: S) -> Self {
+        let sums = loss.clone().inner().cast(DType::F32).reshape([1]);
+        Self { loss, sums, stats }
+    }
+
+    /// The loss with the given sums (`[k]`, on the loss's device).
+    pub fn with_sums(loss: Tensor<B, 1>, sums: Tensor<B::InnerBackend, 1>, stats: S) -> Self {
+        Self {
+            loss,
+            sums: sums.cast(DType::F32),
+            stats,
+        }
     }
 }
 
@@ -51,13 +89,14 @@ pub trait Objective<B: AutodiffBackend>: Sync {
     /// What a micro-batch reports.
     type Stats: Stats;
 
-    /// The loss (`[1]`, differentiated) and the statistics of `batch`, in training mode.
+    /// The loss of `batch` (differentiated), its device sums and its statistics, in training
+    /// mode. It must not read tensors back to the host (see [`Measured`]).
     fn loss(
         &self,
         model: &Self::Model,
         batch: &Self::Batch,
         device: &Device<B>,
-    ) -> Result<(Tensor<B, 1>, Self::Stats)>;
+    ) -> Result<Measured<B, Self::Stats>>;
 }
 
 /// The model of an objective without autodiff, as evaluation and saving see it.
