@@ -155,6 +155,19 @@ def synthetic_batch(batch, seq, vocab, mlm_probability, nsp, generator):
     return out
 
 
+def train_flops(config, batch, seq, predicted, nsp):
+    """Matrix-product FLOPs of one pretraining step, forward and backward (three times the
+    forward): the formula of ours (`bert_train::commands::bench_train::train_flops`). Per token
+    and layer 2(4H^2 + 2HI) for the projections and feed-forward plus 4TH for the attention
+    scores and context; 2(H^2 + HV) per position the MLM head predicts; 2(H^2 + 2H) per
+    sequence for the pooler and NSP head."""
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    encoder = batch * seq * config.num_hidden_layers * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h)
+    mlm = predicted * 2 * (h * h + h * v)
+    pooler = batch * 2 * (h * h + 2 * h) if nsp else 0
+    return 3 * (encoder + mlm + pooler)
+
+
 def masked_only_loss(model, batch, nsp):
     """The loss of BertForPreTraining/BertForMaskedLM with the MLM head run on the masked
     positions only (what ours does): the same value, ~2.4x less work at bert-mini seq 128."""
@@ -228,6 +241,10 @@ def train(args):
 
     ordered = sorted(times)
     median_s = statistics.median(ordered) / 1000
+    # The MLM head predicts the masked positions (same work as ours) or every position (as is).
+    predicted = int((batch["labels"] >= 0).sum()) if args.mlm_masked_only else batch_size * seq
+    flops = train_flops(config, batch_size, seq, predicted, nsp)
+    achieved = flops / median_s / 1e12
     result = {
         "workload": "train",
         "framework": "pytorch",
@@ -255,7 +272,13 @@ def train(args):
         "tokens_per_second": batch_size * seq / median_s,
         "samples_per_second": batch_size / median_s,
         "peak_rss_mib": peak_rss_mib(),
-        "peak_device_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        # What the caching allocator reserved (as ours reports CubeCL's pools), and what tensors used.
+        "peak_device_mib": torch.cuda.max_memory_reserved(device) / 2**20 if device.type == "cuda" else None,
+        "peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "model_tflops_per_step": flops / 1e12,
+        "tflops_per_second": achieved,
+        "peak_tflops": args.peak_tflops,
+        "mfu": achieved / args.peak_tflops if args.peak_tflops else None,
         "final_loss": loss.item(),
     }
     t = result["step_time_ms"]
@@ -267,7 +290,8 @@ def train(args):
     device_mib = result["peak_device_mib"]
     print(f"  tokens/s {result['tokens_per_second']:.0f}  samples/s {result['samples_per_second']:.2f}  "
           f"final loss {result['final_loss']:.4f}  peak RSS {result['peak_rss_mib']:.0f} MiB"
-          + (f"  peak device {device_mib:.0f} MiB" if device_mib is not None else ""))
+          + (f"  peak device {device_mib:.0f} MiB" if device_mib is not None else "")
+          + (f"  MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""))
     print(json.dumps(result))
 
 
@@ -343,6 +367,8 @@ def main():
     t.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     t.add_argument("--precision", choices=["f32", "bf16"], default="f32")
     t.add_argument("--attention", choices=["eager", "sdpa"], default="sdpa")
+    t.add_argument("--peak-tflops", type=float,
+                   help="the device's peak TFLOP/s for the precision, to report MFU")
     t.add_argument(
         "--mlm-masked-only",
         action="store_true",

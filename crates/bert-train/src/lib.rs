@@ -38,6 +38,7 @@
 pub mod backend;
 pub mod commands;
 pub mod config;
+pub mod device_memory;
 pub mod finetune;
 pub mod hub;
 pub mod input;

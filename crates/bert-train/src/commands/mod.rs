@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_data;
+pub mod bench_train;
 pub mod convert;
 pub mod corpus;
 pub mod download;
