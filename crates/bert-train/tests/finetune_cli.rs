@@ -2,7 +2,10 @@
 //! (it has a vocabulary of `w5`…`w63`) and a separable synthetic task.
 
 mod common;
+#[path = "common/tasks.rs"]
+mod tasks;
 use common::*;
+use tasks::*;
 
 use std::path::{Path, PathBuf};
 
@@ -180,42 +183,6 @@ fn bad_task_kinds_and_bad_labels_are_clear() {
     );
 }
 
-/// A config for `kind` over the tiny MLM fixture, with extra `[task]` lines.
-fn task_config(
-    dir: &Path,
-    name: &str,
-    kind: &str,
-    files: (&Path, &Path),
-    task: &str,
-    training: &str,
-) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[model]\ninit_from = \"{}\"\n\n[task]\nkind = \"{kind}\"\ntrain_file = \"{}\"\nvalid_file = \"{}\"\n{task}\n\n[optimizer]\nlearning_rate = 5e-3\n\n[schedule]\nwarmup_ratio = 0.1\n\n[training]\nlog_every_steps = 5\n{training}\n\n[output]\ndir = \"{}\"\n",
-            root().join("tests/fixtures/tiny-bert/BertForMaskedLM").display(),
-            files.0.display(),
-            files.1.display(),
-            dir.join(name).display()
-        ),
-    )
-    .expect("config");
-    path
-}
-
-/// Deterministic pseudo-random numbers for the synthetic data.
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(
         &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
@@ -301,34 +268,6 @@ fn token_classification_learns_entities_and_predicts_spans() {
     assert_eq!(first[1]["text"], "w15 w16");
     assert_eq!(lines[1]["entities"][0]["start_word"], 0);
     assert_eq!(lines[1]["tags"], serde_json::json!(["B-PER", "O"]));
-}
-
-/// SQuAD-format data: contexts of 6–9 filler words (w40..w60) with one answer word from
-/// w5..w20 somewhere; the question is always "w61 w62".
-fn write_squad(path: &Path, questions: usize, seed: u64) {
-    let mut rng = Lcg(seed);
-    let mut paragraphs = Vec::new();
-    for q in 0..questions {
-        let len = 6 + rng.next(4) as usize;
-        let at = rng.next(len as u64) as usize;
-        let words: Vec<String> = (0..len)
-            .map(|i| {
-                if i == at {
-                    format!("w{}", 5 + rng.next(16))
-                } else {
-                    format!("w{}", 40 + rng.next(21))
-                }
-            })
-            .collect();
-        let context = words.join(" ");
-        let start = words[..at].iter().map(|w| w.len() + 1).sum::<usize>();
-        paragraphs.push(serde_json::json!({
-            "context": context,
-            "qas": [{"id": format!("q{q}"), "question": "w61 w62", "answers": [{"text": words[at], "answer_start": start}]}],
-        }));
-    }
-    let doc = serde_json::json!({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": paragraphs}]});
-    std::fs::write(path, doc.to_string()).expect("squad");
 }
 
 #[test]
