@@ -8,7 +8,7 @@
 //!
 //! | op | fused where (f32 tensors, [`fused_kernels`] on) |
 //! |---|---|
-//! | `self_attention` (whole, given the q/k/v projections) | `Flex` (inference); under `Autodiff<Flex>` composed of the three ops below |
+//! | `self_attention` (whole, given the q/k/v projections) | `Flex` (inference); other f32 inference: Burn's `attention` op (flash attention on CubeCL backends); training: composed of the three ops below (fused under `Autodiff<Flex>`) |
 //! | `split_heads`, `merge_heads`, `masked_softmax` | `Autodiff<Flex>` |
 //! | `dense_activation` (dense, then `hidden_act`) | `Flex`, for exact GELU |
 //! | `dense_add_layer_norm` (dense, dropout, residual add, LayerNorm) | `Flex` |
@@ -25,7 +25,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::nn::Linear;
-#[cfg(feature = "flex")]
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
@@ -102,11 +101,31 @@ pub(crate) fn self_attention<B: Backend>(
     if fused_inference(&hidden) {
         return kernels::infer::self_attention(query, key, value, num_heads, hidden, mask_bias);
     }
-    let head_dim = hidden.dims()[2] / num_heads;
+    let [batch, seq, width] = hidden.dims();
+    let inference = !B::ad_enabled(&hidden.device()) && hidden.dtype() == DType::F32;
     let q = split_heads(generic::dense(query, hidden.clone()), num_heads);
     let k = split_heads(generic::dense(key, hidden.clone()), num_heads);
     let v = split_heads(generic::dense(value, hidden), num_heads);
-    let probs = masked_softmax(q.matmul(k.transpose()), mask_bias, head_dim);
+    if inference {
+        // Burn's attention op: a flash-attention kernel on the CubeCL backends (the [T, T]
+        // probabilities are never stored), matmul-softmax-matmul elsewhere. Training keeps
+        // the composed ops below: they carry the dropout on the probabilities, and Burn
+        // 0.21's op has no backward of its own. The padding (`mask_bias` at f32::MIN) becomes
+        // a boolean mask, which gives the same probabilities (exp underflows to 0 either way).
+        let padding = mask_bias
+            .lower_elem(-1.0)
+            .expand([batch, num_heads, seq, seq]);
+        let context = burn::tensor::module::attention(
+            q,
+            k,
+            v,
+            Some(padding),
+            None,
+            burn::tensor::ops::AttentionModuleOptions::default(),
+        );
+        return merge_heads(context);
+    }
+    let probs = masked_softmax(q.matmul(k.transpose()), mask_bias, width / num_heads);
     merge_heads(dropout.forward(probs).matmul(v))
 }
 
