@@ -116,9 +116,7 @@ impl DataSource<Vec<f32>> for Noting {
 #[test]
 fn a_step_reads_nothing_until_it_logs() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // The generic ops, as on a GPU (the counting backend's device is flex's, which would
-    // otherwise take the CPU kernels).
-    bert_model::ops::set_fused_kernels(false);
+    generic_ops();
     a_step_reads_nothing_until_it_logs_in(Precision::F32);
     // Mixed precision: the half copy is cast on the device, once per step.
     a_step_reads_nothing_until_it_logs_in(Precision::Bf16);
@@ -164,78 +162,70 @@ fn a_step_reads_nothing_until_it_logs_in(precision: Precision) {
     }
 }
 
-/// A longer pretraining run on the counting backend waits on the host exactly as often as a
-/// shorter one when neither logs, evaluates nor saves before its end: its extra steps read
-/// nothing. (The one run logging every step shows the counter sees the reads.)
-#[test]
-fn pretraining_steps_read_nothing_between_logs() {
-    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // The generic ops, as on a GPU (the counting backend's device is flex's, which would
-    // otherwise take the CPU kernels).
+/// The generic ops, as on a GPU (the counting backend's device is flex's, which would
+/// otherwise take the CPU kernels), for the rest of this process.
+fn generic_ops() {
     bert_model::ops::set_fused_kernels(false);
-    let tmp = tempfile::tempdir().expect("tmp");
-    let waits = |name: &str, steps: u64, log_every: u64| -> usize {
-        let cfg = pretrain_config(tmp.path(), name);
-        let sets = [
+}
+
+/// `run(name, overrides)` trains a run with the config overrides and returns the host waits it
+/// counted. A longer run must wait exactly as often as a shorter one when neither logs,
+/// evaluates nor saves before its end (its extra steps read nothing), and logging every step
+/// must add exactly one read per step (the counter sees the reads).
+fn reads_nothing_between_logs(run: impl Fn(&str, &[String]) -> usize) {
+    let sets = |steps: u64, log_every: u64| {
+        vec![
             format!("training.max_steps={steps}"),
             format!("training.log_every_steps={log_every}"),
             "training.eval_every_steps=0".to_string(),
             "training.save_every_steps=0".to_string(),
-        ];
-        let (config, _) =
-            bert_train::config::load::<bert_train::config::PretrainConfig>(&cfg, &sets)
-                .expect("config");
-        let before = host_waits();
-        bert_train::pretraining::train::<B>(&config, false, &Default::default()).expect("train");
-        host_waits() - before
+        ]
     };
-    let short = waits("short", 2, 100);
-    let long = waits("long", 6, 100);
+    let short = run("short", &sets(2, 100));
+    let long = run("long", &sets(6, 100));
     assert_eq!(
         short,
         long,
         "4 more steps, {} more host reads",
         long - short
     );
-    let logged = waits("logged", 6, 1);
+    let logged = run("logged", &sets(6, 1));
     assert_eq!(logged, long + 5, "one read per logging step");
+}
+
+#[test]
+fn pretraining_steps_read_nothing_between_logs() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    generic_ops();
+    let tmp = tempfile::tempdir().expect("tmp");
+    reads_nothing_between_logs(|name, sets| {
+        let cfg = pretrain_config(tmp.path(), name);
+        let (config, _) =
+            bert_train::config::load::<bert_train::config::PretrainConfig>(&cfg, sets)
+                .expect("config");
+        let before = host_waits();
+        bert_train::pretraining::train::<B>(&config, false, &Default::default()).expect("train");
+        host_waits() - before
+    });
 }
 
 /// The same for fine-tuning (sequence classification on the tiny MLM fixture).
 #[test]
 fn fine_tuning_steps_read_nothing_between_logs() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    // The generic ops, as on a GPU (the counting backend's device is flex's, which would
-    // otherwise take the CPU kernels).
-    bert_model::ops::set_fused_kernels(false);
+    generic_ops();
     let tmp = tempfile::tempdir().expect("tmp");
-    let waits = |name: &str, steps: u64, log_every: u64| -> usize {
+    reads_nothing_between_logs(|name, sets| {
         let cfg = finetune_config(tmp.path(), name);
-        let sets = [
-            format!("training.max_steps={steps}"),
-            format!("training.log_every_steps={log_every}"),
-            "training.eval_every_steps=0".to_string(),
-            "training.save_every_steps=0".to_string(),
-        ];
         let (config, _) =
-            bert_train::config::load::<bert_train::config::FinetuneConfig>(&cfg, &sets)
+            bert_train::config::load::<bert_train::config::FinetuneConfig>(&cfg, sets)
                 .expect("config");
         let run = RunDir::create(&config.output.dir, false, "").expect("run");
         let setup = bert_train::finetune::Setup::new(config, Some(run)).expect("setup");
         let before = host_waits();
         bert_train::finetune::train::<B>(&setup, &Default::default()).expect("train");
         host_waits() - before
-    };
-    let short = waits("short", 2, 100);
-    let long = waits("long", 6, 100);
-    assert_eq!(
-        short,
-        long,
-        "4 more steps, {} more host reads",
-        long - short
-    );
-    let logged = waits("logged", 6, 1);
-    assert_eq!(logged, long + 5, "one read per logging step");
+    });
 }
 
 /// A pretraining config on the tiny fixture corpus (2 layers of 32).
