@@ -29,7 +29,7 @@ use crate::trainer::{
 };
 
 /// What the host knows of pretraining micro-batches: masked positions, NSP pairs, tokens and
-/// rows. Their losses and hits are the device sums [`Sums`] (in that order).
+/// rows. Their losses and hits are the device sums (MLM loss, NSP loss, MLM hits, NSP hits).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PretrainingStats {
     mlm_count: usize,

@@ -80,7 +80,7 @@ pub trait Work<B: AutodiffBackend>: Sync {
 pub struct Step<'a, O> {
     /// The loss of a micro-batch.
     pub objective: &'a O,
-    /// f32, or the half type of mixed precision ([`Precision::compute_copy`]).
+    /// f32, or the half type of mixed precision ([`Precision::compute_leaves`]).
     pub precision: Precision,
 }
 
