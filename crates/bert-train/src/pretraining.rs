@@ -162,14 +162,6 @@ pub fn forward<B: Backend>(
     (out.loss, Tensor::cat(sums, 0), stats)
 }
 
-/// The sums of [`forward`] on the host (evaluation reads them anyway).
-fn read_sums<B: Backend>(sums: Tensor<B, 1>) -> Result<Vec<f64>> {
-    sums.into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .map_err(|e| anyhow::anyhow!("cannot read the pretraining sums: {e:?}"))
-}
-
 /// BERT's pretraining objective on [`PretrainingBatch`]es (also what `bert bench train` times).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PretrainingObjective;
@@ -270,7 +262,7 @@ impl<B: AutodiffBackend> Task<B> for PretrainingTask<'_> {
             batches += 1;
         }
         let sums = match sums {
-            Some(sums) => read_sums(sums)?,
+            Some(sums) => crate::trainer::read_sums(sums, "pretraining sums")?,
             None => vec![0.0; Sums::COUNT],
         };
         Ok(Some(total.metrics(&sums, batches)))

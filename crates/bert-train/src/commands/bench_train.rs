@@ -105,11 +105,7 @@ fn read_loss<B: Backend>(
     let Some(sums) = tally.sums else {
         return Ok(f64::NAN);
     };
-    let sums = sums
-        .into_data()
-        .convert::<f64>()
-        .to_vec::<f64>()
-        .map_err(|e| anyhow::anyhow!("cannot read the loss: {e:?}"))?;
+    let sums = crate::trainer::read_sums(sums, "loss")?;
     Ok(crate::trainer::Stats::loss(
         &tally.stats,
         &sums,

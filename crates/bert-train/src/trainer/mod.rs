@@ -43,7 +43,7 @@ pub use ddp::Tally;
 pub use optim::{AdamW, Decay, OptimizerConfig, ScheduleConfig, StepStats, lr_at};
 pub use task::{
     BestMetric, DataSource, Goal, InferenceModel, Measured, MetricMap, Objective, SaveKind, Stats,
-    Task,
+    Task, read_sums,
 };
 
 use crate::config::TrainingSection;
@@ -449,11 +449,10 @@ impl<B: Backend, S: Stats> Pending<B, S> {
     fn read(&mut self, out: &Path) -> Result<ReadStep<S>> {
         let steps = std::mem::take(&mut self.steps);
         let lengths: Vec<usize> = steps.iter().map(|s| s.values.dims()[0]).collect();
-        let values = Tensor::cat(steps.iter().map(|s| s.values.clone()).collect(), 0)
-            .into_data()
-            .convert::<f64>()
-            .to_vec::<f64>()
-            .map_err(|e| anyhow::anyhow!("cannot read the step statistics: {e:?}"))?;
+        let values = task::read_sums(
+            Tensor::cat(steps.iter().map(|s| s.values.clone()).collect(), 0),
+            "step statistics",
+        )?;
         let mut offset = 0;
         let mut last = None;
         for (s, len) in steps.into_iter().zip(lengths) {

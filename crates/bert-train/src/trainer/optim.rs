@@ -472,9 +472,7 @@ impl<M> Accumulation<M> {
     where
         M: AutodiffModule<B>,
     {
-        self.inner
-            .accumulate(model, GradientsParams::from_grads(grads, model));
-        self.count += 1;
+        self.add_params(model, GradientsParams::from_grads(grads, model));
     }
 
     /// Adds the gradients of one micro-batch given by parameter id (those of the half compute

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Device, Tensor};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -75,6 +75,14 @@ impl<B: AutodiffBackend, S> Measured<B, S> {
             stats,
         }
     }
+}
+
+/// The values of a sums vector on the host (one read; `what` names them in the error).
+pub fn read_sums<B: Backend>(sums: Tensor<B, 1>, what: &str) -> Result<Vec<f64>> {
+    sums.into_data()
+        .convert::<f64>()
+        .to_vec::<f64>()
+        .map_err(|e| anyhow::anyhow!("cannot read the {what}: {e:?}"))
 }
 
 /// The training objective: the loss of one micro-batch. Shared by every data-parallel replica
