@@ -144,11 +144,8 @@ fn tok_err(e: impl std::fmt::Display) -> DataError {
 
 /// An error for the first id of `encoded` outside `limits`.
 fn check_limits(encoded: &Encoded, limits: ModelLimits) -> Result<(), DataError> {
-    let ids = encoded.input_ids.iter().zip(&encoded.tokens);
-    if let Some((id, token)) = ids
-        .into_iter()
-        .find(|(id, _)| **id as usize >= limits.vocab_size)
-    {
+    let mut ids = encoded.input_ids.iter().zip(&encoded.tokens);
+    if let Some((id, token)) = ids.find(|(id, _)| **id as usize >= limits.vocab_size) {
         return Err(DataError::Encoding(format!(
             "token {token:?} has id {id}, outside the model's vocabulary of {} (a tokenizer that does not match the model?)",
             limits.vocab_size

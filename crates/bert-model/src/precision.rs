@@ -47,12 +47,18 @@ impl<B: Backend> ModuleMapper<B> for CastParams {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        let tensor = if self.in_layer_norm > 0 {
+        Param::from_mapped_value(id, self.cast(tensor), mapper)
+    }
+}
+
+impl CastParams {
+    /// `tensor` in the copy's dtype, or as it is inside a LayerNorm.
+    fn cast<B: Backend, const D: usize>(&self, tensor: Tensor<B, D>) -> Tensor<B, D> {
+        if self.in_layer_norm > 0 {
             tensor
         } else {
             tensor.cast(self.dtype)
-        };
-        Param::from_mapped_value(id, tensor, mapper)
+        }
     }
 }
 
@@ -85,12 +91,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for LeafParams {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
         let require_grad = tensor.is_require_grad();
-        let inner = tensor.inner();
-        let inner = if self.cast.in_layer_norm > 0 {
-            inner
-        } else {
-            inner.cast(self.cast.dtype)
-        };
+        let inner = self.cast.cast(tensor.inner());
         let leaf = Tensor::<B, D>::from_inner(inner).set_require_grad(require_grad);
         Param::from_mapped_value(id, leaf, mapper)
     }
