@@ -30,12 +30,17 @@
 //! Every module runs its tensor math through [`ops`], the one place that chooses, per op and
 //! per tensor, between a fused kernel and the generic Burn ops (which run on any backend).
 //! Crate feature `flex` adds fused f32 kernels for Burn's flex CPU backend (see [`kernels`]):
-//! inference kernels on `Flex`, training ops with their own backward on `Autodiff<Flex>`;
-//! [`ops::set_fused_kernels`] turns them off.
+//! inference kernels on `Flex`, training ops with their own backward on `Autodiff<Flex>`.
+//! Crate features `wgpu` and `cuda` add CubeCL training kernels for Burn's fused GPU backends
+//! (`Autodiff<Wgpu>`, `Autodiff<Cuda>`: attention with dropout, LayerNorm with the residual,
+//! bias + GELU, the cross-entropy, and [`ops::adamw`] on the inner backend), listed in [`ops`].
+//! [`ops::set_fused_kernels`] turns all of them off.
 
 pub mod architecture;
 pub mod checkpoint;
 pub mod config;
+#[cfg(feature = "cube")]
+mod cube;
 pub mod dropout;
 pub mod error;
 pub mod heads;

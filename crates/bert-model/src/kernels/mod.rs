@@ -32,8 +32,9 @@
 //!
 //! The kernels do not choose where they run: [`crate::ops`] calls them where they compute the
 //! same function as the generic path (flex tensors in f32 for inference, `Autodiff<Flex>`
-//! tensors in f32 for training) and [`enabled`] is on. Anything else (GPUs, half precision,
-//! other CPU backends) takes the generic Burn ops; both paths are tested against each other
+//! tensors in f32 for training) and [`enabled`] is on. GPU training takes the CubeCL kernels
+//! of module `cube` (crate features `wgpu`, `cuda`); anything else (half precision, other CPU
+//! backends) takes the generic Burn ops; both paths are tested against each other
 //! (values and gradients) and, through the model, against Hugging Face transformers. Results
 //! agree to f32 rounding (GELU's `erf` is a polynomial here, within 2e-7 of libm's).
 

@@ -8,19 +8,23 @@
 //!
 //! | op | fused where (f32 tensors, [`fused_kernels`] on) |
 //! |---|---|
-//! | `self_attention` (whole, given the q/k/v projections) | `Flex` (inference); other f32 inference: Burn's `attention` op (flash attention on CubeCL backends); training: composed of the three ops below (fused under `Autodiff<Flex>`) |
+//! | `self_attention` (whole, given the q/k/v projections) | `Flex` (inference); `Autodiff<Wgpu>`/`Autodiff<Cuda>` (training, dropout included, feature `cube`); other f32 inference: Burn's `attention` op (flash attention on CubeCL backends); other training: composed of the three ops below (fused under `Autodiff<Flex>`) |
 //! | `split_heads`, `merge_heads`, `masked_softmax` | `Autodiff<Flex>` |
-//! | `dense_activation` (dense, then `hidden_act`) | `Flex`, for exact GELU |
-//! | `dense_add_layer_norm` (dense, dropout, residual add, LayerNorm) | `Flex` |
+//! | `dense_activation` (dense, then `hidden_act`) | `Flex`, for exact GELU; bias + GELU: `Autodiff<Wgpu>`/`Autodiff<Cuda>` |
+//! | `dense_add_layer_norm` (dense, dropout, residual add, LayerNorm) | `Flex`; residual add + LayerNorm: `Autodiff<Wgpu>`/`Autodiff<Cuda>` |
 //! | `activation` | `Autodiff<Flex>`, for exact GELU |
-//! | `layer_norm` | `Autodiff<Flex>` |
-//! | `cross_entropy` | `Autodiff<Flex>` |
+//! | `layer_norm` | `Autodiff<Flex>`, `Autodiff<Wgpu>`/`Autodiff<Cuda>` |
+//! | `cross_entropy` | `Autodiff<Flex>`, `Autodiff<Wgpu>`/`Autodiff<Cuda>` |
+//! | [`adamw`] (the optimizer update) | `Wgpu`/`Cuda` (the inner backend of training) |
 //! | `dropout_mask` | the flex device (`Flex` or `Autodiff<Flex>`) |
+//!
+//! (`Wgpu`, `Cuda`: Burn's fused CubeCL backends; their kernels are in `crate::cube`, crate
+//! features `wgpu` and `cuda`.)
 //!
 //! An op whose fused path does not apply runs its generic implementation, which is composed of
 //! the other ops where it can be (so, under `Autodiff<Flex>`, `dense_add_layer_norm` still
-//! takes the fused `layer_norm`). Another backend's kernels (CubeCL on a GPU) plug in here the
-//! same way: a test of the tensor's backend and dtype in front of the generic call.
+//! takes the fused `layer_norm`). Each backend's kernels plug in the same way: a test of the
+//! tensor's backend and dtype in front of the generic call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,7 +39,7 @@ use crate::dropout::Dropout;
 use crate::kernels;
 use crate::layer_norm::LayerNorm;
 
-mod generic;
+pub(crate) mod generic;
 #[cfg(test)]
 mod tests;
 
@@ -77,6 +81,13 @@ fn fused_training<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     fused_kernels() && x.dtype() == DType::F32 && kernels::is_autodiff_flex::<B>()
 }
 
+/// Whether the CubeCL training kernels take `x`: an f32 tensor of `Autodiff` over Burn's fused
+/// wgpu or CUDA backend.
+#[cfg(feature = "cube")]
+fn cube_training<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    fused_kernels() && x.dtype() == DType::F32 && crate::cube::is_autodiff_cube::<B>()
+}
+
 /// Whether the dropout mask for `x` is drawn on the host in parallel: an f32 tensor on the
 /// flex device (autodiff or not).
 #[cfg(feature = "flex")]
@@ -102,6 +113,16 @@ pub(crate) fn self_attention<B: Backend>(
         return kernels::infer::self_attention(query, key, value, num_heads, hidden, mask_bias);
     }
     let [batch, seq, width] = hidden.dims();
+    #[cfg(feature = "cube")]
+    if cube_training(&hidden)
+        && mask_bias.dtype() == DType::F32
+        && seq <= crate::cube::MAX_ATTENTION_SEQ
+    {
+        let q = generic::dense(query, hidden.clone());
+        let k = generic::dense(key, hidden.clone());
+        let v = generic::dense(value, hidden);
+        return crate::cube::attention(q, k, v, mask_bias, num_heads, dropout.prob);
+    }
     let inference = !B::ad_enabled(&hidden.device()) && hidden.dtype() == DType::F32;
     let q = split_heads(generic::dense(query, hidden.clone()), num_heads);
     let k = split_heads(generic::dense(key, hidden.clone()), num_heads);
@@ -174,6 +195,16 @@ pub(crate) fn dense_activation<B: Backend>(
     if act == HiddenAct::Gelu && fused_inference(&x) {
         return kernels::infer::dense_gelu(dense, x);
     }
+    #[cfg(feature = "cube")]
+    if act == HiddenAct::Gelu
+        && cube_training(&x)
+        && let Some(bias) = &dense.bias
+    {
+        let [batch, seq, d_input] = x.dims();
+        let z = x.reshape([batch * seq, d_input]).matmul(dense.weight.val());
+        let d_output = z.dims()[1];
+        return crate::cube::bias_gelu(z, bias.val()).reshape([batch, seq, d_output]);
+    }
     activation(act, generic::dense(dense, x))
 }
 
@@ -191,6 +222,14 @@ pub(crate) fn dense_add_layer_norm<B: Backend>(
         return kernels::infer::dense_add_layer_norm(dense, hidden, residual, layer_norm);
     }
     let x = dropout.forward(generic::dense(dense, hidden));
+    #[cfg(feature = "cube")]
+    if cube_training(&x)
+        && layer_norm.gamma.val().dtype() == DType::F32
+        && let Some(beta) = &layer_norm.beta
+    {
+        let (gamma, epsilon) = (layer_norm.gamma.val(), layer_norm.epsilon);
+        return crate::cube::layer_norm(x, Some(residual), gamma, beta.val(), epsilon);
+    }
     layer_norm.forward(x + residual)
 }
 
@@ -218,6 +257,13 @@ pub(crate) fn layer_norm<B: Backend, const D: usize>(
     if fused_training(&x) {
         return kernels::train::layer_norm(x, gamma, beta, epsilon);
     }
+    #[cfg(feature = "cube")]
+    if cube_training(&x) {
+        if let Some(beta) = beta {
+            return crate::cube::layer_norm(x, None, gamma, beta, epsilon);
+        }
+        return generic::layer_norm(x, gamma, None, epsilon);
+    }
     generic::layer_norm(x, gamma, beta, epsilon)
 }
 
@@ -230,6 +276,10 @@ pub(crate) fn cross_entropy<B: Backend>(
     #[cfg(feature = "flex")]
     if fused_training(&logits) {
         return kernels::train::cross_entropy(logits, targets);
+    }
+    #[cfg(feature = "cube")]
+    if cube_training(&logits) {
+        return crate::cube::cross_entropy(logits, targets);
     }
     generic::cross_entropy(logits, targets)
 }
@@ -249,4 +299,79 @@ pub(crate) fn dropout_mask<B: Backend, const D: usize>(
         return kernels::dropout::dropout_mask(like, keep);
     }
     generic::dropout_mask(like, keep)
+}
+
+/// The scalars of one AdamW update of one parameter tensor (torch.optim.AdamW).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// Learning rate.
+    pub lr: f64,
+    /// First-moment decay.
+    pub beta1: f64,
+    /// Second-moment decay.
+    pub beta2: f64,
+    /// Added to `√v̂`.
+    pub epsilon: f64,
+    /// Decoupled weight decay of this parameter (0 for one that does not decay).
+    pub weight_decay: f64,
+    /// The step number, from 1 (for the bias corrections).
+    pub step: u64,
+    /// What the gradient is multiplied by first (e.g. 1/k for a sum of k micro-batches).
+    pub grad_scale: f64,
+}
+
+/// One AdamW update of a flattened parameter, as torch.optim.AdamW computes it: `grad`
+/// multiplied by `grad_scale` and by `scale` (a `[1]` device tensor, e.g. the clip factor)
+/// when given; the moments `m`, `v` updated; `value − lr · m̂ / (√v̂ + epsilon)`, minus
+/// `lr · weight_decay · value` (decoupled, on the value before the step). All `[n]`; returns
+/// `[next, m, v]`. One CubeCL kernel on Burn's fused wgpu/CUDA backends in f32, Burn's ops
+/// elsewhere.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::tensor::Tensor;
+/// use bert_model::ops::{adamw, AdamWStep};
+///
+/// let device = Default::default();
+/// let value = Tensor::<Flex, 1>::from_floats([1.0, -2.0], &device);
+/// let grad = Tensor::<Flex, 1>::from_floats([0.5, 0.5], &device);
+/// let step = AdamWStep {
+///     lr: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-8,
+///     weight_decay: 0.0, step: 1, grad_scale: 1.0,
+/// };
+/// let [next, m, v] = adamw(value, grad, Tensor::zeros([2], &device), Tensor::zeros([2], &device), None, &step);
+/// // The first step moves each value by lr against its gradient's sign.
+/// let next: Vec<f32> = next.into_data().to_vec().unwrap();
+/// assert!((next[0] - 0.9).abs() < 1e-6 && (next[1] + 2.1).abs() < 1e-6);
+/// ```
+pub fn adamw<B: Backend>(
+    value: Tensor<B, 1>,
+    grad: Tensor<B, 1>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    scale: Option<Tensor<B, 1>>,
+    step: &AdamWStep,
+) -> [Tensor<B, 1>; 3] {
+    #[cfg(feature = "cube")]
+    if fused_kernels()
+        && crate::cube::is_cube::<B>()
+        && [&value, &grad, &m, &v]
+            .iter()
+            .all(|t| t.dtype() == DType::F32)
+        && scale.as_ref().is_none_or(|s| s.dtype() == DType::F32)
+    {
+        let t = step.step.min(i32::MAX as u64) as i32;
+        let scalars = crate::cube::AdamWScalars {
+            grad_scale: step.grad_scale as f32,
+            beta1: step.beta1 as f32,
+            beta2: step.beta2 as f32,
+            lr: step.lr as f32,
+            epsilon: step.epsilon as f32,
+            bias1: (1.0 - step.beta1.powi(t)) as f32,
+            bias2: (1.0 - step.beta2.powi(t)) as f32,
+            decay: (step.lr * step.weight_decay) as f32,
+        };
+        return crate::cube::adamw(value, grad, m, v, scale, scalars);
+    }
+    generic::adamw(value, grad, m, v, scale, step)
 }

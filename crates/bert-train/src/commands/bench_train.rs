@@ -49,9 +49,10 @@ pub struct BenchTrainArgs {
     /// each, the batch size per device; default: the config's).
     #[arg(long, value_delimiter = ',')]
     pub devices: Option<Vec<usize>>,
-    /// Run Burn's generic ops instead of the fused training ops on the CPU (softmax, GELU and
-    /// cross-entropy with their own backward, parallel dropout masks: bert_model::kernels),
-    /// to measure what they bring.
+    /// Run Burn's generic ops instead of the fused training ops (on the CPU softmax, GELU,
+    /// LayerNorm and cross-entropy with their own backward and parallel dropout masks:
+    /// bert_model::kernels; on wgpu and CUDA the CubeCL kernels: attention, LayerNorm, bias +
+    /// GELU, cross-entropy, AdamW), to measure what they bring.
     #[arg(long)]
     pub no_fused_kernels: bool,
     /// The device's peak throughput in TFLOP/s for the precision run (dense matrix products:
@@ -337,6 +338,7 @@ fn bench_train<B: AutodiffBackend>(
         "seq_len": seq,
         "precision": precision.to_string(),
         "attention": "burn",
+        "fused_kernels": !args.no_fused_kernels,
         "mlm_head": "masked positions",
         "fixed_batch": args.fixed_batch,
         "threads": threads(),

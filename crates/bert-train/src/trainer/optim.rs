@@ -15,6 +15,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use bert_model::ops::{AdamWStep, adamw};
+
 /// `[optimizer]` of a config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,26 +199,26 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
         let shape = tensor.shape();
         let n = shape.num_elements();
         let value = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]).cast(value.dtype());
-        let g = match &self.scale {
-            Scale::Host(scale) => g * *scale,
-            Scale::Device(scale) => g * scale.clone(),
+        let g = grad.reshape([n]);
+        let (grad_scale, scale) = match &self.scale {
+            Scale::Host(scale) => (*scale, None),
+            Scale::Device(scale) => (1.0, Some(scale.clone())),
         };
         let c = self.config;
         let state = self.moments.remove(&path).unwrap_or_else(|| Moments {
             m: value.zeros_like(),
             v: value.zeros_like(),
         });
-        let m = state.m * c.beta1 + g.clone() * (1.0 - c.beta1);
-        let v = state.v * c.beta2 + g.powi_scalar(2) * (1.0 - c.beta2);
-        let t = self.step as i32;
-        let m_hat = m.clone() / (1.0 - c.beta1.powi(t));
-        let v_hat = v.clone() / (1.0 - c.beta2.powi(t));
-        let mut next = value.clone() - m_hat / (v_hat.sqrt() + c.epsilon) * self.lr;
-        if c.weight_decay > 0.0 && decays(&path) {
-            // Decoupled decay on the pre-update value (torch.optim.AdamW).
-            next = next - value * (self.lr * c.weight_decay);
-        }
+        let step = AdamWStep {
+            lr: self.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            epsilon: c.epsilon,
+            weight_decay: if decays(&path) { c.weight_decay } else { 0.0 },
+            step: self.step,
+            grad_scale,
+        };
+        let [next, m, v] = adamw(value, g, state.m, state.v, scale, &step);
         self.moments.insert(path, Moments { m, v });
         let next = Tensor::<B, D>::from_inner(next.reshape(shape)).require_grad();
         Param::from_mapped_value(id, next, mapper)
