@@ -6,7 +6,8 @@
 #   (c) BERT-base training steps at seq 128 (batch 32) and seq 512 (batch 8), 20 steps after 5:
 #       ours f32 and bf16 against PyTorch (transformers, sdpa attention, fused AdamW, bf16
 #       autocast) doing the same work (its MLM head on the masked positions only, as ours), then
-#       PyTorch as is (the head on every position) and f32 eager at seq 128;
+#       PyTorch as is (the head on every position) and f32 eager at seq 128; ours at seq 128 f32
+#       on Burn's generic ops (`--no-fused-kernels`: what the CubeCL training kernels bring);
 #   (d) a table (tokens/s, device memory, model TFLOP/s and MFU against the GPU's peak from the
 #       table below, or PEAK_TFLOPS_BF16/PEAK_TFLOPS_F32) and the ratios ours / PyTorch.
 # Every command runs under `timeout` (its own cap, and never past the overall budget), so a hang
@@ -138,6 +139,10 @@ for seq in $seqs; do
       --precision "$precision" --attention sdpa --mlm-masked-only $(peak "$precision")
   done
 done
+# What the CubeCL training kernels bring: the same f32 step on Burn's generic ops.
+# shellcheck disable=SC2046
+run "ours base-128 f32, generic ops" 150 "$BERT" bench train --config "$(config_of 128)" \
+  "${steps[@]}" --backend "$gpu" --precision f32 --no-fused-kernels --json "${shrink[@]}" $(peak f32)
 for precision in f32 bf16; do
   # shellcheck disable=SC2046
   run "pytorch base-128 $precision sdpa, as is" 120 python3 scripts/bench_pytorch.py train \
@@ -183,11 +188,11 @@ for r in sorted(train, key=lambda r: (r["seq_len"], r["precision"], r["framework
           f"{'-' if mfu is None else f'{mfu:.1%}':>6} {r['final_loss']:>8.3f}")
 
 
-def pick(framework, seq, precision, attention=None, head=None):
+def pick(framework, seq, precision, attention=None, head=None, fused=True):
     for r in train:
         if (r["framework"], r["seq_len"], r["precision"]) == (framework, seq, precision) and (
             attention is None or r["attention"] == attention
-        ) and (head is None or r.get("mlm_head") == head):
+        ) and (head is None or r.get("mlm_head") == head) and r.get("fused_kernels", True) == fused:
             return r
     return None
 
@@ -202,7 +207,9 @@ for precision in ("f32", "bf16"):
     ratios.append((f"seq{seqs[0]}_{precision}_as_is", pick("burn", seqs[0], precision),
                    pick("pytorch", seqs[0], precision, "sdpa", "all positions")))
 ratios.append((f"seq{seqs[0]}_f32_vs_eager", pick("burn", seqs[0], "f32"), pick("pytorch", seqs[0], "f32", "eager")))
-print("\nratios (ours / pytorch tokens/s): " + " ".join(
+ratios.append((f"seq{seqs[0]}_f32_kernels_vs_generic", pick("burn", seqs[0], "f32"),
+               pick("burn", seqs[0], "f32", fused=False)))
+print("\nratios (tokens/s: ours / pytorch; kernels_vs_generic: ours / ours on Burn's generic ops): " + " ".join(
     f"{name}={ours['tokens_per_second'] / theirs['tokens_per_second']:.2f}" if ours and theirs else f"{name}=n/a"
     for name, ours, theirs in ratios
 ))
