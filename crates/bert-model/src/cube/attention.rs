@@ -94,6 +94,13 @@ fn dot(a: &Tensor<f32>, a_base: usize, b: &Tensor<f32>, b_base: usize, head_dim:
     sum
 }
 
+/// Where row `t` of head `h` of sequence `b` starts in a `[batch, seq, heads · head_dim]`
+/// tensor (`width` = heads · head_dim).
+#[cube]
+fn offset(b: usize, t: usize, h: usize, seq: usize, width: usize, head_dim: usize) -> usize {
+    (b * seq + t) * width + h * head_dim
+}
+
 /// One query row of one head: scores, softmax (log-sum-exp kept), dropout, `· v`.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -125,7 +132,7 @@ fn attention_forward_kernel(
     let h = bh % heads;
     let b = bh / heads;
     let width = heads * head_dim;
-    let q_base = (b * seq + i) * width + h * head_dim;
+    let q_base = offset(b, i, h, seq, width, head_dim);
     let tid = UNIT_POS_X as usize;
     let mut scores = SharedMemory::<f32>::new(seq);
     let mut reduce = SharedMemory::<f32>::new(threads);
@@ -134,7 +141,7 @@ fn attention_forward_kernel(
     let mut best = f32::new(-3.4028235e38);
     let mut j = tid;
     while j < seq {
-        let k_base = (b * seq + j) * width + h * head_dim;
+        let k_base = offset(b, j, h, seq, width, head_dim);
         let s = dot(q, q_base, k, k_base, head_dim) * scale + mask[b * seq + j];
         scores[j] = s;
         best = best.max(s);
@@ -169,7 +176,7 @@ fn attention_forward_kernel(
     while x < head_dim {
         let mut acc = f32::new(0.0);
         for j in 0..seq {
-            acc += scores[j] * v[(b * seq + j) * width + h * head_dim + x];
+            acc += scores[j] * v[offset(b, j, h, seq, width, head_dim) + x];
         }
         out[q_base + x] = acc;
         x += threads;
@@ -215,7 +222,7 @@ fn attention_backward_query_kernel(
     let h = bh % heads;
     let b = bh / heads;
     let width = heads * head_dim;
-    let q_base = (b * seq + i) * width + h * head_dim;
+    let q_base = offset(b, i, h, seq, width, head_dim);
     let tid = UNIT_POS_X as usize;
     let mut ds = SharedMemory::<f32>::new(seq);
     let mut reduce = SharedMemory::<f32>::new(threads);
@@ -231,7 +238,7 @@ fn attention_backward_query_kernel(
     let row_lse = lse[row];
     let mut j = tid;
     while j < seq {
-        let k_base = (b * seq + j) * width + h * head_dim;
+        let k_base = offset(b, j, h, seq, width, head_dim);
         let s = dot(q, q_base, k, k_base, head_dim) * scale + mask[b * seq + j];
         let p = (s - row_lse).exp();
         let dp = dropped(
@@ -251,7 +258,7 @@ fn attention_backward_query_kernel(
     while x < head_dim {
         let mut acc = f32::new(0.0);
         for j in 0..seq {
-            acc += ds[j] * k[(b * seq + j) * width + h * head_dim + x];
+            acc += ds[j] * k[offset(b, j, h, seq, width, head_dim) + x];
         }
         dq[q_base + x] = acc * scale;
         x += threads;
@@ -295,7 +302,7 @@ fn attention_backward_key_kernel(
     let h = bh % heads;
     let b = bh / heads;
     let width = heads * head_dim;
-    let k_base = (b * seq + j) * width + h * head_dim;
+    let k_base = offset(b, j, h, seq, width, head_dim);
     let tid = UNIT_POS_X as usize;
     let threads = CUBE_DIM_X as usize;
     let mut probs = SharedMemory::<f32>::new(seq);
@@ -306,7 +313,7 @@ fn attention_backward_key_kernel(
     let mut i = tid;
     while i < seq {
         let row = bh * seq + i;
-        let q_base = (b * seq + i) * width + h * head_dim;
+        let q_base = offset(b, i, h, seq, width, head_dim);
         let s = dot(q, q_base, k, k_base, head_dim) * scale + bias;
         let p = (s - lse[row]).exp();
         let dp = dropped(
@@ -328,7 +335,7 @@ fn attention_backward_key_kernel(
         let mut acc_v = f32::new(0.0);
         let mut acc_k = f32::new(0.0);
         for i in 0..seq {
-            let base = (b * seq + i) * width + h * head_dim + x;
+            let base = offset(b, i, h, seq, width, head_dim) + x;
             acc_v += probs[i] * grad[base];
             acc_k += ds[i] * q[base];
         }

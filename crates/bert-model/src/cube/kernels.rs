@@ -418,6 +418,13 @@ pub(super) fn empty_like<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> 
     empty_device_dtype::<R>(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
+/// The grid and cube of an elementwise launch over `out`'s elements.
+fn elementwise<R: CubeRuntime>(out: &CubeTensor<R>) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new_1d(ELEMENT_THREADS);
+    let count = calculate_cube_count_elemwise(&out.client, out.meta.num_elements(), dim);
+    (count, dim)
+}
+
 /// How many chunks of rows [`layer_norm_backward`]'s parameter-gradient partials have.
 pub(crate) fn param_grad_chunks(rows: usize) -> usize {
     rows.div_ceil(ROWS_PER_CHUNK).max(1)
@@ -557,10 +564,10 @@ pub(crate) fn cross_entropy_backward<R: CubeRuntime>(
     let targets = into_contiguous(targets);
     let out = empty_like(&logits, logits.meta.shape().clone());
     let client = logits.client.clone();
-    let dim = CubeDim::new_1d(ELEMENT_THREADS);
+    let (count, dim) = elementwise(&out);
     cross_entropy_backward_kernel::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, out.meta.num_elements(), dim),
+        count,
         dim,
         logits.into_tensor_arg(),
         targets.into_tensor_arg(),
@@ -579,10 +586,10 @@ pub(crate) fn bias_gelu_forward<R: CubeRuntime>(
     let z = into_contiguous(z);
     let out = empty_like(&z, z.meta.shape().clone());
     let client = z.client.clone();
-    let dim = CubeDim::new_1d(ELEMENT_THREADS);
+    let (count, dim) = elementwise(&out);
     bias_gelu_forward_kernel::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, out.meta.num_elements(), dim),
+        count,
         dim,
         z.into_tensor_arg(),
         into_contiguous(bias).into_tensor_arg(),
@@ -600,10 +607,10 @@ pub(crate) fn bias_gelu_backward<R: CubeRuntime>(
     let z = into_contiguous(z);
     let out = empty_like(&z, z.meta.shape().clone());
     let client = z.client.clone();
-    let dim = CubeDim::new_1d(ELEMENT_THREADS);
+    let (count, dim) = elementwise(&out);
     bias_gelu_backward_kernel::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, out.meta.num_elements(), dim),
+        count,
         dim,
         z.into_tensor_arg(),
         into_contiguous(bias).into_tensor_arg(),
@@ -631,10 +638,10 @@ pub(crate) fn adamw<R: CubeRuntime>(
     let device_scale = scale.is_some();
     let scale = scale.map(into_contiguous).unwrap_or_else(|| value.clone());
     let client = value.client.clone();
-    let dim = CubeDim::new_1d(ELEMENT_THREADS);
+    let (count, dim) = elementwise(&next);
     adamw_kernel::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, next.meta.num_elements(), dim),
+        count,
         dim,
         value.into_tensor_arg(),
         into_contiguous(grad).into_tensor_arg(),

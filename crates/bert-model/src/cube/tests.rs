@@ -316,11 +316,11 @@ fn the_generic_gelu_gradient_is_exact_on_wgpu() {
     assert_close("generic GELU gradient", &grad(false), &grad(true), 1e-5);
 }
 
-/// Attention of `[2, 37, heads · head_dim]` projections with the second sequence's last 9
+/// Attention of `[2, seq, heads · head_dim]` projections with the second sequence's last 9
 /// positions padded: the kernels' context and `q`/`k`/`v` gradients against Burn's ops
 /// (softmax, the host-computed dropout mask when `prob` > 0, matmuls).
-fn check_attention(heads: usize, head_dim: usize, prob: f64, device: &WgpuDevice) {
-    let (batch, seq, width) = (2, 37, heads * head_dim);
+fn check_attention(seq: usize, heads: usize, head_dim: usize, prob: f64, device: &WgpuDevice) {
+    let (batch, width) = (2, heads * head_dim);
     let n = batch * seq * width;
     let shape = [batch, seq, width];
     let (qs, ks, vs, ws) = (
@@ -375,7 +375,7 @@ fn check_attention(heads: usize, head_dim: usize, prob: f64, device: &WgpuDevice
         .iter()
         .zip(got.iter().zip(&want))
     {
-        let what = format!("attention {heads}×{head_dim}, dropout {prob}: {what}");
+        let what = format!("attention T={seq} {heads}×{head_dim}, dropout {prob}: {what}");
         assert_close(&what, a, b, 1e-5);
     }
 }
@@ -383,15 +383,17 @@ fn check_attention(heads: usize, head_dim: usize, prob: f64, device: &WgpuDevice
 #[test]
 fn attention_matches_burns_ops_without_dropout() {
     let Some(device) = device() else { return };
-    check_attention(2, 32, 0.0, &device);
-    check_attention(1, 64, 0.0, &device);
+    check_attention(37, 2, 32, 0.0, &device);
+    check_attention(37, 1, 64, 0.0, &device);
+    // Longer than a cube has threads: each thread takes several keys (and queries).
+    check_attention(150, 1, 64, 0.0, &device);
 }
 
 #[test]
 fn attention_with_dropout_matches_burns_ops_under_the_same_mask() {
     let Some(device) = device() else { return };
-    check_attention(2, 32, 0.1, &device);
-    check_attention(1, 64, 0.3, &device);
+    check_attention(37, 2, 32, 0.1, &device);
+    check_attention(150, 1, 64, 0.3, &device);
 }
 
 #[test]
