@@ -177,13 +177,14 @@ for backend, precision, tolerance in ((gpu, "f32", 1e-3), ("wgpu", "f32", 1e-3),
         print(f"  {label:<10} {ours:.6f}  cpu {ref:.6f}  diff {diff:.2e}  {'ok' if diff < tolerance else 'FAIL'}")
 
 train = [r for r in rows if not r.get("fixed_batch")]
-print(f"\n{'framework':<9} {'seq':>4} {'batch':>5} {'prec':<5} {'attention':<9} {'mlm head':<8} "
+print(f"\n{'framework':<9} {'seq':>4} {'batch':>5} {'prec':<5} {'attention':<9} {'kernels':<7} {'mlm head':<8} "
       f"{'median ms':>10} {'tokens/s':>10} {'device MiB':>10} {'TFLOP/s':>8} {'MFU':>6} {'loss':>8}")
 for r in sorted(train, key=lambda r: (r["seq_len"], r["precision"], r["framework"], r["attention"])):
     dev, mfu = r.get("peak_device_mib"), r.get("mfu")
     head = "masked" if r.get("mlm_head", "masked positions") == "masked positions" else "all"
+    kernels = "-" if r["framework"] != "burn" else ("fused" if r.get("fused_kernels", True) else "generic")
     print(f"{r['framework']:<9} {r['seq_len']:>4} {r['batch_size']:>5} {r['precision']:<5} "
-          f"{r['attention']:<9} {head:<8} {r['step_time_ms']['median']:>10.1f} {r['tokens_per_second']:>10.0f} "
+          f"{r['attention']:<9} {kernels:<7} {head:<8} {r['step_time_ms']['median']:>10.1f} {r['tokens_per_second']:>10.0f} "
           f"{'-' if dev is None else round(dev):>10} {r.get('tflops_per_second', float('nan')):>8.2f} "
           f"{'-' if mfu is None else f'{mfu:.1%}':>6} {r['final_loss']:>8.3f}")
 
