@@ -454,7 +454,10 @@ mod tests {
             assert!(!c.data.train_files.is_empty(), "{}", path.display());
             seen += 1;
         }
-        assert!(seen >= 5, "tiny-cpu and the four BERT-base/large phases");
+        assert!(
+            seen >= 9,
+            "tiny-cpu, the four BERT-base/large phases and their LAMB recipes"
+        );
         let mut finetune = 0;
         for entry in std::fs::read_dir(root.join("finetune")).expect("configs/finetune") {
             let path = entry.expect("entry").path();

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 pub use checkpoint::{Metrics, checkpoint_dirs};
 pub use ddp::Tally;
-pub use optim::{AdamW, Decay, OptimizerConfig, ScheduleConfig, StepStats, lr_at};
+pub use optim::{AdamW, Decay, OptimizerConfig, OptimizerName, ScheduleConfig, StepStats, lr_at};
 pub use task::{
     BestMetric, DataSource, Goal, InferenceModel, Measured, MetricMap, Objective, SaveKind, Stats,
     Task, read_sums,

@@ -1,5 +1,6 @@
 //! BERT's optimizer: AdamW with decoupled weight decay not applied to biases and LayerNorm
-//! parameters, global-norm gradient clipping, and a warmup + linear (or cosine) decay schedule.
+//! parameters (or LAMB, `name = "lamb"`, for large batches), global-norm gradient clipping, and a
+//! warmup + linear (or cosine) decay schedule.
 //!
 //! Written here rather than taken from `burn::optim` because BERT needs three things Burn 0.21's
 //! AdamW does not give: weight-decay groups, one global gradient norm (Burn clips per tensor),
@@ -17,10 +18,27 @@ use serde::{Deserialize, Serialize};
 
 use bert_model::ops::{AdamWStep, adamw};
 
+/// The update rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    /// AdamW (torch.optim.AdamW): Adam moments with bias correction, decoupled weight decay.
+    #[default]
+    Adamw,
+    /// LAMB (You et al. 2019) as NVIDIA's apex FusedLAMB computes it by default: the AdamW
+    /// update direction `m̂ / (√v̂ + ε) + weight_decay · w`, scaled per tensor by the trust
+    /// ratio `‖w‖ / ‖update‖` (1 where either norm is 0) for the tensors that decay; biases and
+    /// LayerNorm (no decay) take the plain step, as FusedLAMB without `use_nvlamb`.
+    Lamb,
+}
+
 /// `[optimizer]` of a config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerConfig {
+    /// The update rule: `"adamw"` (default) or `"lamb"`.
+    #[serde(default)]
+    pub name: OptimizerName,
     /// Peak learning rate.
     #[serde(default = "d::lr")]
     pub learning_rate: f64,
@@ -218,11 +236,49 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Update<'_, B> {
             step: self.step,
             grad_scale,
         };
-        let [next, m, v] = adamw(value, g, state.m, state.v, scale, &step);
+        let [next, m, v] = match c.name {
+            OptimizerName::Adamw => adamw(value, g, state.m, state.v, scale, &step),
+            OptimizerName::Lamb => lamb(value, g, state.m, state.v, scale, &step),
+        };
         self.moments.insert(path, Moments { m, v });
         let next = Tensor::<B, D>::from_inner(next.reshape(shape)).require_grad();
         Param::from_mapped_value(id, next, mapper)
     }
+}
+
+/// One LAMB update of a flattened parameter (see [`OptimizerName::Lamb`]), `[next, m, v]`, on
+/// the device: the norms and the trust ratio are `[1]` tensors, never read.
+fn lamb<B: Backend>(
+    value: Tensor<B, 1>,
+    grad: Tensor<B, 1>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    scale: Option<Tensor<B, 1>>,
+    step: &AdamWStep,
+) -> [Tensor<B, 1>; 3] {
+    let mut g = grad.cast(value.dtype()) * step.grad_scale;
+    if let Some(scale) = scale {
+        g = g * scale;
+    }
+    let m = m * step.beta1 + g.clone() * (1.0 - step.beta1);
+    let v = v * step.beta2 + g.powi_scalar(2) * (1.0 - step.beta2);
+    let t = step.step.min(i32::MAX as u64) as i32;
+    let m_hat = m.clone() / (1.0 - step.beta1.powi(t));
+    let v_hat = v.clone() / (1.0 - step.beta2.powi(t));
+    let mut update = m_hat / (v_hat.sqrt() + step.epsilon);
+    if step.weight_decay > 0.0 {
+        update = update + value.clone() * step.weight_decay;
+        let norm = |t: &Tensor<B, 1>| t.clone().powi_scalar(2).sum().sqrt();
+        let (w_norm, u_norm) = (norm(&value), norm(&update));
+        let both = w_norm
+            .clone()
+            .greater_elem(0.0)
+            .bool_and(u_norm.clone().greater_elem(0.0));
+        let ratio = (w_norm / u_norm).mask_fill(both.bool_not(), 1.0);
+        update = update * ratio;
+    }
+    let next = value - update * step.lr;
+    [next, m, v]
 }
 
 /// The number of values of each float parameter, by path.
