@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README, CI): fetch test weights, fmt check, clippy -D warnings
-# (with the cuda and wgpu features on, so GPU code keeps compiling), the offline-build guard,
-# and every test on CPU (plus wgpu on Mesa's software Vulkan, skipped where there is no adapter).
+# (with the cuda, wgpu and mpi features on, so GPU and multi-node code keeps compiling), the
+# offline-build guard, and every test on CPU (plus wgpu on Mesa's software Vulkan, skipped where
+# there is no adapter, and multi-process tests over Open MPI on 127.0.0.1).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -45,8 +46,35 @@ for backend in wgpu cuda; do
   echo "$backend: fusion and autotune on"
 done
 
-step "cargo clippy --all-targets --all-features -D warnings (type-checks cuda and wgpu)"
-cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "Open MPI and libclang for the mpi feature (multi-node runs), when apt-get is there"
+has_mpi() {
+  command -v mpicc >/dev/null && command -v mpirun >/dev/null \
+    && ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1
+}
+mpi_packages="libopenmpi-dev openmpi-bin libclang-dev"
+if has_mpi; then
+  echo "Open MPI and libclang present"
+elif command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  # shellcheck disable=SC2086
+  { apt-get install -y -q $mpi_packages >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $mpi_packages >/dev/null 2>&1; }; } \
+    && echo "installed $mpi_packages" || echo "could not install $mpi_packages"
+fi
+if has_mpi; then
+  clippy_features=(--all-features)
+  mpi_feature=",bert-train/mpi"
+else
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: CI=true and no Open MPI/libclang: the mpi feature must be linted and tested" >&2
+    exit 1
+  fi
+  echo "no Open MPI/libclang (apt-get install $mpi_packages): the mpi feature is not checked"
+  clippy_features=(--features bert-train/ndarray,bert-train/flex,bert-train/wgpu,bert-train/cuda)
+  mpi_feature=""
+fi
+
+step "cargo clippy --all-targets (every feature: cuda, wgpu, mpi) -D warnings"
+cargo clippy --workspace --all-targets "${clippy_features[@]}" -- -D warnings
 
 step "software Vulkan (Mesa lavapipe) for the wgpu test, when apt-get is there"
 if ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
@@ -60,5 +88,5 @@ else
   echo "no lavapipe and no root apt-get: the wgpu test will skip"
 fi
 
-step "cargo test (CPU; the wgpu backend compiled in for its loss check)"
-cargo test --workspace --features bert-train/wgpu
+step "cargo test (CPU; wgpu on lavapipe; mpi: processes on 127.0.0.1)"
+cargo test --workspace --features "bert-train/wgpu$mpi_feature"

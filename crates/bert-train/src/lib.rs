@@ -36,6 +36,7 @@
 //! ```
 
 pub mod backend;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod device_memory;

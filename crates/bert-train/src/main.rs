@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use bert_train::commands::{
-    bench, bench_data, convert, corpus, download, encode, fill_mask, finetune, pretrain, tokenize,
+    bench, bench_data, convert, corpus, download, encode, fill_mask, finetune, launch, pretrain,
+    tokenize,
 };
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,12 @@ enum Command {
     Download(download::DownloadArgs),
     /// List the backends compiled into this binary and the default one.
     Backends,
+    /// Start N processes of a bert command on this machine through MPI (mpirun), one rank
+    /// each.
+    Launch(launch::LaunchArgs),
+    /// Check that the processes of a launch reach each other: all-reduce rounds and a
+    /// configuration agreement (`bert launch --nodes 2 -- cluster-check`).
+    ClusterCheck(launch::ClusterCheckArgs),
     /// Tokenizer tools.
     Tokenizer {
         #[command(subcommand)]
@@ -103,6 +110,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::FillMask(args) => fill_mask::run(&args),
         Command::Download(args) => download::download(&args),
         Command::Backends => bert_train::commands::backends(),
+        Command::Launch(args) => launch::run(&args),
+        Command::ClusterCheck(args) => launch::cluster_check(&args),
         Command::Tokenizer { command } => match command {
             TokenizerCommand::Train(args) => corpus::train_tokenizer(&args),
         },

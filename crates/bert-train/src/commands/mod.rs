@@ -10,6 +10,7 @@ pub mod download;
 pub mod encode;
 pub mod fill_mask;
 pub mod finetune;
+pub mod launch;
 pub mod pretrain;
 pub mod tokenize;
 

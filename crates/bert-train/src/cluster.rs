@@ -1,0 +1,201 @@
+//! The processes of a multi-node run, connected by MPI (crate feature `mpi`, Open MPI or MPICH):
+//! one process per node, started by `mpirun` (or `bert launch`), each knowing its rank and the
+//! number of processes from the launcher's environment.
+//!
+//! MPI is the engine because burn-collective 0.21's own global level does one all-reduce per
+//! process and then hangs (`scripts/collective_probe.sh`). A [`Cluster`] of one process (no
+//! launcher, or a build without `mpi`) does nothing.
+//!
+//! ```
+//! let cluster = bert_train::cluster::Cluster::init().unwrap();
+//! // Not launched by MPI here: one process, rank 0.
+//! assert_eq!((cluster.rank(), cluster.size()), (0, 1));
+//! let mut values = [1.0f32, 2.0];
+//! cluster.all_reduce_sum(&mut values);
+//! assert_eq!(values, [1.0, 2.0]);
+//! ```
+
+use anyhow::{Result, bail};
+
+/// The rank, size and local rank the launcher gave this process (Open MPI's
+/// `OMPI_COMM_WORLD_*`, or MPICH/PMI's `PMI_RANK`/`PMI_SIZE`), or `None` when no MPI launcher
+/// started it.
+pub fn launched() -> Option<(usize, usize, usize)> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    if let (Some(rank), Some(size)) = (var("OMPI_COMM_WORLD_RANK"), var("OMPI_COMM_WORLD_SIZE")) {
+        return Some((rank, size, var("OMPI_COMM_WORLD_LOCAL_RANK").unwrap_or(0)));
+    }
+    if let (Some(rank), Some(size)) = (var("PMI_RANK"), var("PMI_SIZE")) {
+        return Some((rank, size, var("MPI_LOCALRANKID").unwrap_or(0)));
+    }
+    None
+}
+
+/// This process's place among the processes of a run.
+pub struct Cluster {
+    rank: usize,
+    size: usize,
+    local_rank: usize,
+    #[cfg(feature = "mpi")]
+    mpi: Option<(
+        mpi::environment::Universe,
+        mpi::topology::SimpleCommunicator,
+    )>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cluster(rank {} of {})", self.rank, self.size)
+    }
+}
+
+impl Cluster {
+    /// Joins the run's processes when an MPI launcher started this one (MPI is initialised
+    /// once, and finalised when the cluster is dropped); a single process otherwise. Fails when
+    /// launched as one of several processes by a build without the `mpi` feature.
+    pub fn init() -> Result<Self> {
+        let Some((_, size, _)) = launched().filter(|&(_, size, _)| size > 1) else {
+            return Ok(Self::single());
+        };
+        Self::join(size)
+    }
+
+    /// One process, rank 0 of 1.
+    pub fn single() -> Self {
+        Self {
+            rank: 0,
+            size: 1,
+            local_rank: 0,
+            #[cfg(feature = "mpi")]
+            mpi: None,
+        }
+    }
+
+    #[cfg(feature = "mpi")]
+    fn join(size: usize) -> Result<Self> {
+        use mpi::traits::Communicator;
+        let Some(universe) = mpi::initialize() else {
+            bail!("MPI was initialised twice in this process");
+        };
+        let world = universe.world();
+        let (rank, world_size) = (world.rank() as usize, world.size() as usize);
+        if world_size != size {
+            bail!("MPI reports {world_size} processes, the launcher's environment {size}");
+        }
+        let local_rank = launched().map_or(0, |(_, _, local)| local);
+        Ok(Self {
+            rank,
+            size,
+            local_rank,
+            mpi: Some((universe, world)),
+        })
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn join(size: usize) -> Result<Self> {
+        bail!(
+            "started by an MPI launcher as one of {size} processes, but this bert was built \
+             without the mpi feature (cargo build --release --features mpi)"
+        )
+    }
+
+    /// This process's rank, from 0.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of processes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The rank among the processes on this machine (which device a process takes).
+    pub fn local_rank(&self) -> usize {
+        self.local_rank
+    }
+
+    /// Whether this is rank 0, the process that evaluates and writes.
+    pub fn is_primary(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// Replaces `values` with their sum over the processes (element by element, the same
+    /// order of additions on every process).
+    pub fn all_reduce_sum(&self, values: &mut [f32]) {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.mpi {
+            use mpi::collective::{CommunicatorCollectives, SystemOperation};
+            let send = values.to_vec();
+            world.all_reduce_into(&send[..], values, SystemOperation::sum());
+        }
+        let _ = values;
+    }
+
+    /// Checks that every process has the same `fingerprint` of `what` (a hash of its
+    /// configuration): fails on every process, naming the ranks that differ from rank 0's.
+    pub fn agree(&self, what: &str, fingerprint: u64) -> Result<()> {
+        let all = self.all_gather(fingerprint);
+        let differ: Vec<String> = all
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| **f != all[0])
+            .map(|(rank, _)| rank.to_string())
+            .collect();
+        if !differ.is_empty() {
+            bail!(
+                "{what} differs between the processes: rank(s) {} against rank 0 (every node \
+                 must run the same configuration)",
+                differ.join(", ")
+            );
+        }
+        Ok(())
+    }
+
+    /// `value` of every process, by rank.
+    fn all_gather(&self, value: u64) -> Vec<u64> {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.mpi {
+            use mpi::collective::CommunicatorCollectives;
+            let mut all = vec![0u64; self.size];
+            world.all_gather_into(&value, &mut all[..]);
+            return all;
+        }
+        vec![value]
+    }
+
+    /// Waits until every process gets here.
+    pub fn barrier(&self) {
+        #[cfg(feature = "mpi")]
+        if let Some((_, world)) = &self.mpi {
+            use mpi::collective::CommunicatorCollectives;
+            world.barrier();
+        }
+    }
+}
+
+/// A 64-bit FNV-1a hash of `bytes` (a configuration's fingerprint for [`Cluster::agree`]).
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_process_is_rank_zero_of_one() {
+        let cluster = Cluster::single();
+        assert!(cluster.is_primary());
+        let mut v = [3.0f32];
+        cluster.all_reduce_sum(&mut v);
+        assert_eq!(v, [3.0]);
+        cluster.agree("config", 7).expect("one process agrees");
+        assert_ne!(fingerprint(b"a"), fingerprint(b"b"));
+    }
+}
