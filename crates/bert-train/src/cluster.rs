@@ -15,7 +15,15 @@
 //! assert_eq!(values, [1.0, 2.0]);
 //! ```
 
+use std::cell::RefCell;
+use std::rc::{Rc, Weak};
+
 use anyhow::{Result, bail};
+
+thread_local! {
+    /// The cluster [`Cluster::init`] made on this thread, while it lives.
+    static CURRENT: RefCell<Weak<Cluster>> = const { RefCell::new(Weak::new()) };
+}
 
 /// The rank, size and local rank the launcher gave this process (Open MPI's
 /// `OMPI_COMM_WORLD_*`, or MPICH/PMI's `PMI_RANK`/`PMI_SIZE`), or `None` when no MPI launcher
@@ -57,11 +65,26 @@ impl Cluster {
     /// Joins the run's processes when an MPI launcher started this one (MPI is initialised
     /// once, and finalised when the cluster is dropped); a single process otherwise. Fails when
     /// launched as one of several processes by a build without the `mpi` feature.
-    pub fn init() -> Result<Self> {
-        let Some((_, size, _)) = launched().filter(|&(_, size, _)| size > 1) else {
-            return Ok(Self::single());
-        };
-        Self::join(size)
+    ///
+    /// The cluster becomes this thread's [`Cluster::current`] while the returned handle (or a
+    /// clone) lives; calling `init` again meanwhile returns the same cluster.
+    pub fn init() -> Result<Rc<Self>> {
+        if let Some(current) = CURRENT.with(|c| c.borrow().upgrade()) {
+            return Ok(current);
+        }
+        let cluster = Rc::new(match launched().filter(|&(_, size, _)| size > 1) {
+            Some((_, size, _)) => Self::join(size)?,
+            None => Self::single(),
+        });
+        CURRENT.with(|c| *c.borrow_mut() = Rc::downgrade(&cluster));
+        Ok(cluster)
+    }
+
+    /// This thread's cluster from [`Cluster::init`] while it lives, else a single process.
+    pub fn current() -> Rc<Self> {
+        CURRENT
+            .with(|c| c.borrow().upgrade())
+            .unwrap_or_else(|| Rc::new(Self::single()))
     }
 
     /// One process, rank 0 of 1.
@@ -165,6 +188,40 @@ impl Cluster {
             return all;
         }
         vec![value]
+    }
+
+    /// Runs `work` on rank 0, then (after a barrier) on the other ranks: for what rank 0 must
+    /// create before the others read it (a run directory, a prepared corpus). A failure on rank
+    /// 0 ends every rank.
+    pub fn rank_zero_first<T>(&self, work: impl FnOnce() -> Result<T>) -> Result<T> {
+        if self.size == 1 {
+            return work();
+        }
+        if self.is_primary() {
+            let result = work();
+            let mut failed = [f32::from(u8::from(result.is_err()))];
+            self.all_reduce_sum(&mut failed);
+            return result;
+        }
+        let mut failed = [0.0f32];
+        self.all_reduce_sum(&mut failed);
+        if failed[0] > 0.0 {
+            bail!("rank 0 failed to set the run up (see its error)");
+        }
+        work()
+    }
+
+    /// `result`, except that an error on one rank of several prints it and aborts the whole
+    /// run (MPI_Abort: the launcher stops every rank and names this one), so that no rank is
+    /// left waiting in an all-reduce for one that has failed.
+    pub fn or_abort<T>(&self, result: Result<T>) -> Result<T> {
+        #[cfg(feature = "mpi")]
+        if let (Err(e), Some((_, world))) = (&result, &self.mpi) {
+            use mpi::topology::Communicator;
+            eprintln!("error: rank {}: {e:#}", self.rank);
+            world.abort(1);
+        }
+        result
     }
 
     /// Waits until every process gets here.

@@ -22,6 +22,7 @@ use bert_model::{
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::cluster::{Cluster, fingerprint};
 use crate::config::PretrainConfig;
 use crate::trainer::{
     BestMetric, DataSource, InferenceModel, Measured, MetricMap, Objective, RunDir, SaveKind,
@@ -499,10 +500,20 @@ pub fn train<B: AutodiffBackend>(
     resume: bool,
     device: &Device<B>,
 ) -> Result<()> {
-    let run = RunDir::create(&config.output.dir, resume, &toml::to_string(config)?)?;
-    // Device and precision problems are reported before the corpus is prepared.
+    let config_toml = toml::to_string(config)?;
+    // One process, or one rank of a multi-node run (`bert launch`, mpirun): every rank runs the
+    // same configuration; rank 0 creates the run and prepares the corpus before the others
+    // open them.
+    // (The trainer finds it as this thread's current cluster; MPI ends when it is dropped.)
+    let cluster = Cluster::init()?;
+    cluster.agree("the configuration", fingerprint(config_toml.as_bytes()))?;
+    let (run, data) = cluster.rank_zero_first(|| -> Result<_> {
+        let run = RunDir::create(&config.output.dir, resume, &config_toml)?;
+        // Device and precision problems are reported before the corpus is prepared.
+        crate::trainer::devices::<B>(device, &config.training)?;
+        Ok((run, PretrainData::open(config)?))
+    })?;
     let devices = crate::trainer::devices::<B>(device, &config.training)?;
-    let data = PretrainData::open(config)?;
     let device = &devices[0];
     B::seed(device, seeds::init(config.training.seed));
     let model = match &data.init_dir {
@@ -542,7 +553,7 @@ pub fn train<B: AutodiffBackend>(
         config.data.stream_config(config.training.seed),
         trainer.data_position()?,
     );
-    std::thread::scope(|scope| {
+    let trained = std::thread::scope(|scope| {
         let mut batches = StreamBatches::new(
             scope,
             stream,
@@ -550,5 +561,6 @@ pub fn train<B: AutodiffBackend>(
             config.training.prefetch_batches,
         );
         trainer.fit(&task, &mut batches).map(|_| ())
-    })
+    });
+    cluster.or_abort(trained)
 }

@@ -703,3 +703,40 @@ fn token_ids_beyond_the_vocabulary_fail_at_their_line() {
         ),
     );
 }
+
+/// Fine-tuning on two ranks (`bert launch`, feature `mpi`) ends with the weights of two
+/// replicas in one process, dropout on, including the last step of each epoch that leaves the
+/// second rank without data; only rank 0 writes the results.
+#[cfg(feature = "mpi")]
+#[test]
+fn two_ranks_fine_tune_like_two_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path(), "base", false);
+    let run = |name: &str, launch: bool, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let output = format!("output.dir={:?}", out.display().to_string());
+        let mut args: Vec<&str> = if launch {
+            vec!["launch", "--nodes", "2", "--"]
+        } else {
+            Vec::new()
+        };
+        args.extend(["finetune", "--config", cfg.to_str().expect("utf8")]);
+        for s in [
+            output.as_str(),
+            "training.epochs=3",
+            "training.batch_size=16",
+        ]
+        .iter()
+        .chain(extra)
+        {
+            args.extend(["--set", s]);
+        }
+        ok(&args);
+        assert!(out.join("eval.json").is_file(), "rank 0 writes eval.json");
+        read_tensors(&out.join("final/model.safetensors"))
+    };
+    let ranks = run("ranks", true, &[]);
+    let replicas = run("replicas", false, &["training.devices=[0, 0]"]);
+    let diff = max_abs_diff(&ranks, &replicas);
+    assert!(diff < 1e-6, "2 ranks vs 2 replicas: {diff}");
+}

@@ -4,63 +4,10 @@
 mod common;
 use common::*;
 
-use std::path::{Path, PathBuf};
-
-fn config(dir: &Path, out: &str) -> PathBuf {
-    let minilm = std::env::var_os("BERT_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".cache/models/all-MiniLM-L6-v2"));
-    let corpus = root().join("tests/fixtures/corpus");
-    let path = dir.join(format!("{out}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[model]
-preset = "tiny"
-hidden_size = 32
-num_attention_heads = 2
-intermediate_size = 64
-max_position_embeddings = 64
-
-[data]
-tokenizer = "{}"
-train_files = ["{}/*.txt"]
-valid_files = ["{}/moby.txt"]
-prepared_dir = "{}/prepared"
-max_seq_length = 64
-
-[optimizer]
-learning_rate = 1e-3
-
-[schedule]
-warmup_steps = 2
-
-[training]
-max_steps = 6
-batch_size = 8
-eval_every_steps = 3
-eval_batches = 2
-save_every_steps = 2
-log_every_steps = 1
-
-[output]
-dir = "{}"
-"#,
-            minilm.display(),
-            corpus.display(),
-            corpus.display(),
-            dir.display(),
-            dir.join(out).display()
-        ),
-    )
-    .expect("config");
-    path
-}
-
 #[test]
 fn resume_after_interrupt_gives_identical_weights() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let full = config(dir.path(), "full");
+    let full = pretrain_config(dir.path(), "full");
     // The uninterrupted run cuts and masks its batches on the training thread, the interrupted
     // one on the prefetch worker (the default): same batches, so the same weights.
     ok(&[
@@ -70,7 +17,7 @@ fn resume_after_interrupt_gives_identical_weights() {
         "--set",
         "training.prefetch_batches=0",
     ]);
-    let halves = config(dir.path(), "halves");
+    let halves = pretrain_config(dir.path(), "halves");
     let log = ok(&[
         "pretrain",
         "--config",
@@ -163,7 +110,7 @@ fn resume_after_interrupt_gives_identical_weights() {
 #[test]
 fn bad_configs_and_diverging_runs_fail_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "bad");
+    let cfg = pretrain_config(dir.path(), "bad");
     let out = bert(&[
         "pretrain",
         "--config",
@@ -206,7 +153,7 @@ fn bad_configs_and_diverging_runs_fail_clearly() {
 fn bf16_mixed_precision_tracks_f32() {
     let dir = tempfile::tempdir().expect("tempdir");
     let losses = |name: &str, precision: &str| -> Vec<f64> {
-        let cfg = config(dir.path(), name);
+        let cfg = pretrain_config(dir.path(), name);
         ok(&[
             "pretrain",
             "--config",
@@ -260,7 +207,7 @@ fn bf16_mixed_precision_tracks_f32() {
 fn two_replicas_match_gradient_accumulation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |name: &str, extra: &str| -> std::collections::BTreeMap<String, Vec<f32>> {
-        let cfg = config(dir.path(), name);
+        let cfg = pretrain_config(dir.path(), name);
         ok(&[
             "pretrain",
             "--config",
@@ -287,7 +234,7 @@ fn two_replicas_match_gradient_accumulation() {
     )
     .expect("json");
     assert!(first["loss"].as_f64().expect("loss").is_finite());
-    let bad = config(dir.path(), "bad");
+    let bad = pretrain_config(dir.path(), "bad");
     fails_in_one_line(
         &[
             "pretrain",
@@ -308,7 +255,7 @@ fn two_replicas_match_gradient_accumulation() {
 fn two_replicas_with_dropout_are_reproducible_and_resume_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |name: &str, extra: &[&str]| {
-        let cfg = config(dir.path(), name);
+        let cfg = pretrain_config(dir.path(), name);
         let mut args = vec![
             "pretrain",
             "--config",
@@ -327,7 +274,7 @@ fn two_replicas_with_dropout_are_reproducible_and_resume_exactly() {
     let worst = max_abs_diff(&weights("a"), &weights("b"));
     assert!(worst < 1e-6, "two identical runs end {worst} apart");
     run("c", &["--set", "training.stop_after_steps=3"]);
-    let cfg = config(dir.path(), "c");
+    let cfg = pretrain_config(dir.path(), "c");
     ok(&[
         "pretrain",
         "--config",
@@ -389,7 +336,7 @@ fn bench_train_on_two_replicas_steps_like_one() {
 #[test]
 fn ctrl_c_ends_a_data_parallel_run_with_a_checkpoint() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "sigint");
+    let cfg = pretrain_config(dir.path(), "sigint");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bert"))
         .args([
             "pretrain",
@@ -455,7 +402,7 @@ fn ctrl_c_ends_a_data_parallel_run_with_a_checkpoint() {
 fn lamb_pretraining_learns_like_adamw() {
     let dir = tempfile::tempdir().expect("tempdir");
     let eval = |name: &str, optimizer: &[&str]| -> (f64, f64) {
-        let cfg = config(dir.path(), name);
+        let cfg = pretrain_config(dir.path(), name);
         let mut args = vec![
             "pretrain",
             "--config",

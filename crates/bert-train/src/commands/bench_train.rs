@@ -280,6 +280,7 @@ fn bench_train<B: AutodiffBackend>(
                 i as u64,
                 lr,
                 device,
+                None,
             )?;
             model = next;
             let mut tally = ddp::Tally::default();

@@ -98,17 +98,31 @@ impl PredictArgs {
 pub fn run(args: &FinetuneArgs) -> Result<()> {
     let (config, _) = config::load::<FinetuneConfig>(&args.config, &args.set)?;
     let kind = BackendKind::resolve(config.training.backend.as_deref())?;
+    let config_toml = toml::to_string(&config)?;
+    // One process, or one rank of a multi-node run: every rank runs the same configuration,
+    // rank 0 creates the run directory first.
+    // (The trainer finds it as this thread's current cluster; MPI ends when it is dropped.)
+    let cluster = crate::cluster::Cluster::init()?;
+    cluster.agree(
+        "the configuration",
+        crate::cluster::fingerprint(config_toml.as_bytes()),
+    )?;
     // Before anything is loaded: an existing run is never overwritten without --resume.
-    let run = RunDir::create(&config.output.dir, args.resume, &toml::to_string(&config)?)?;
+    let run = cluster
+        .rank_zero_first(|| RunDir::create(&config.output.dir, args.resume, &config_toml))?;
     let setup = Setup::new(config, Some(run))?;
-    crate::with_backend!(kind, |B, device| {
-        type A = burn::backend::Autodiff<B>;
-        // Before the data is read and tokenized. Replica 0 (the model, evaluation and
-        // checkpoints) runs on the first listed device.
-        let device = crate::trainer::devices::<A>(&device, &setup.config.training)?.swap_remove(0);
-        finetune::train::<A>(&setup, &device)?
-    });
-    Ok(())
+    let trained = (|| -> Result<()> {
+        crate::with_backend!(kind, |B, device| {
+            type A = burn::backend::Autodiff<B>;
+            // Before the data is read and tokenized. Replica 0 (the model, evaluation and
+            // checkpoints) runs on the first listed device.
+            let device =
+                crate::trainer::devices::<A>(&device, &setup.config.training)?.swap_remove(0);
+            finetune::train::<A>(&setup, &device)?
+        });
+        Ok(())
+    })();
+    cluster.or_abort(trained)
 }
 
 /// `bert evaluate`.

@@ -174,7 +174,9 @@ where
         name,
     };
     let devices = crate::trainer::devices::<B>(device, training)?;
-    let per_step = (training.gradient_accumulation_steps.max(1) * devices.len()) as u64;
+    // A step's micro-batches over every device of every rank (one rank without `bert launch`).
+    let ranks = crate::cluster::Cluster::current().size();
+    let per_step = (training.gradient_accumulation_steps.max(1) * devices.len() * ranks) as u64;
     let mut data = order::EpochBatches::new(
         lengths,
         training.batch_size,

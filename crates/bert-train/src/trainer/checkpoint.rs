@@ -21,7 +21,8 @@ use crate::config::TrainingSection;
 /// Appends JSON lines to `metrics.jsonl` (flushed per line, so a plot can follow a live run).
 #[derive(Debug)]
 pub struct Metrics {
-    file: std::fs::File,
+    /// `None` on the ranks of a multi-node run other than rank 0, which write nothing.
+    file: Option<std::fs::File>,
 }
 
 impl Metrics {
@@ -33,13 +34,20 @@ impl Metrics {
             .append(true)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { file })
+        Ok(Self { file: Some(file) })
+    }
+
+    /// Metrics that go nowhere (a rank other than 0 of a multi-node run).
+    pub fn sink() -> Self {
+        Self { file: None }
     }
 
     /// Writes one line.
     pub fn write(&mut self, value: &serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}")?;
-        self.file.flush()?;
+        if let Some(file) = &mut self.file {
+            writeln!(file, "{value}")?;
+            file.flush()?;
+        }
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::optim::{self, Accumulation, AdamW, OptimizerConfig, StepStats};
 use super::task::{Objective, Stats};
+use crate::cluster::Cluster;
 use crate::config::Precision;
 
 /// The devices of `training.devices` (indices among the backend's devices of the default
@@ -188,6 +189,7 @@ pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
     share: &W::Share,
     micro_batches: usize,
     peer: Option<PeerId>,
+    nodes: Option<&Cluster>,
     lr: f64,
     device: &Device<B>,
 ) -> Result<Stepped<B, W::Model, W::Stats>> {
@@ -198,9 +200,82 @@ pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
             .map_err(|e| anyhow::Error::new(AllReduceCut(format!("{e:?}"))))?,
         None => grads,
     };
+    let grads = match nodes {
+        Some(cluster) => all_reduce_over_ranks::<B, W::Model>(cluster, &model, grads, device),
+        None => grads,
+    };
     let scale = 1.0 / micro_batches.max(1) as f64;
     let (model, step) = opt.step_params(model, &grads, scale, lr);
     Ok((model, stats, step))
+}
+
+/// The sum of `grads` over the ranks of `cluster` (MPI, through the host: one transfer of every
+/// gradient per step), in the order the model lists its parameters, which every rank shares.
+fn all_reduce_over_ranks<B: AutodiffBackend, M: AutodiffModule<B>>(
+    cluster: &Cluster,
+    model: &M,
+    mut grads: GradientsParams,
+    device: &Device<B>,
+) -> GradientsParams {
+    struct Take<'a, B: AutodiffBackend> {
+        grads: &'a mut GradientsParams,
+        flat: Vec<f32>,
+        taken: Vec<(burn::module::ParamId, Vec<usize>)>,
+        backend: PhantomData<B>,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Take<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                let shape = g.dims().to_vec();
+                let values = g.cast(burn::tensor::DType::F32).into_data();
+                self.flat.extend(values.iter::<f32>());
+                self.taken.push((param.id, shape));
+            }
+        }
+    }
+    struct Give<'a, B: AutodiffBackend> {
+        grads: &'a mut GradientsParams,
+        flat: &'a [f32],
+        taken: &'a [(burn::module::ParamId, Vec<usize>)],
+        next: usize,
+        offset: usize,
+        device: &'a Device<B>,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Give<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            let Some((id, shape)) = self.taken.get(self.next) else {
+                return;
+            };
+            if *id != param.id {
+                return;
+            }
+            let n: usize = shape.iter().product();
+            let values = self.flat[self.offset..self.offset + n].to_vec();
+            let data = burn::tensor::TensorData::new(values, shape.clone());
+            let inner = Tensor::<B::InnerBackend, D>::from_data(data, self.device);
+            self.grads.register::<B::InnerBackend, D>(param.id, inner);
+            self.next += 1;
+            self.offset += n;
+        }
+    }
+    let mut take = Take::<B> {
+        grads: &mut grads,
+        flat: Vec::new(),
+        taken: Vec::new(),
+        backend: PhantomData,
+    };
+    model.visit(&mut take);
+    let (mut flat, taken) = (take.flat, take.taken);
+    cluster.all_reduce_sum(&mut flat);
+    model.visit(&mut Give::<B> {
+        grads: &mut grads,
+        flat: &flat,
+        taken: &taken,
+        next: 0,
+        offset: 0,
+        device,
+    });
+    grads
 }
 
 /// An all-reduce that ended without a result: another replica failed and the collective was
@@ -291,6 +366,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                                 &job.share,
                                 job.micro_batches,
                                 Some(peer),
+                                None,
                                 job.lr,
                                 &device,
                             )?;
@@ -364,6 +440,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         step: u64,
         lr: f64,
         device: &Device<B>,
+        nodes: Option<&Cluster>,
     ) -> Result<Stepped<B, W::Model, Vec<W::Stats>>> {
         let mut shares = shares.into_iter();
         let own = shares.next().context("no share for replica 0")?;
@@ -388,6 +465,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                 &own,
                 micro_batches,
                 self.peer(),
+                nodes,
                 lr,
                 device,
             )

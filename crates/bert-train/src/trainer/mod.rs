@@ -29,6 +29,7 @@ mod plot;
 mod task;
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -46,6 +47,7 @@ pub use task::{
     Task, read_sums,
 };
 
+use crate::cluster::Cluster;
 use crate::config::TrainingSection;
 use crate::progress::TrainingProgress;
 
@@ -125,13 +127,23 @@ pub struct TrainerConfig {
     pub what: &'static str,
 }
 
-/// The devices of `training.devices` (see [`ddp::devices`]), checked for the compute
-/// precision. Called before the data is prepared, so that a bad device list fails at once.
+/// The devices of `training.devices` (see [`ddp::devices`]; on a rank of a multi-node run with
+/// the list empty, the device of its local rank), checked for the compute precision. Called
+/// before the data is prepared, so that a bad device list fails at once.
 pub fn devices<B: AutodiffBackend>(
     default: &Device<B>,
     training: &TrainingSection,
 ) -> Result<Vec<Device<B>>> {
-    let devices = ddp::devices::<B>(default, &training.devices)?;
+    let cluster = Cluster::current();
+    let devices = if cluster.size() > 1 && training.devices.is_empty() {
+        // A rank of a multi-node run takes the device of its local rank (ranks share the one
+        // device of a backend that has only one, as the CPU's).
+        let kind = burn::prelude::DeviceOps::to_id(default).type_id;
+        let count = B::device_count(kind);
+        ddp::devices::<B>(default, &[cluster.local_rank() % count.max(1)])?
+    } else {
+        ddp::devices::<B>(default, &training.devices)?
+    };
     training.precision.check::<B>(&devices[0])?;
     Ok(devices)
 }
@@ -145,6 +157,7 @@ pub struct Trainer<B: AutodiffBackend, M> {
     model: M,
     opt: AdamW<B>,
     state: TrainerState,
+    cluster: Rc<Cluster>,
 }
 
 impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
@@ -176,7 +189,18 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
             model,
             opt,
             state,
+            cluster: Cluster::current(),
         })
+    }
+
+    /// Trains as one rank of `cluster`, a multi-node run (see [`crate::cluster`]; by default
+    /// the trainer takes this thread's [`Cluster::current`]): every rank takes its share of
+    /// each step's micro-batches (rank r the r-th run of them), the gradients are summed over
+    /// the ranks, and only rank 0 evaluates and writes (metrics, checkpoints, `best/`,
+    /// `final/`). One device per rank (`training.devices` at most one entry).
+    pub fn with_cluster(mut self, cluster: Rc<Cluster>) -> Self {
+        self.cluster = cluster;
+        self
     }
 
     /// Where the data stood at the checkpoint resumed from (the default position for a new
@@ -210,6 +234,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
             mut model,
             mut opt,
             mut state,
+            cluster,
         } = self;
         let mut run = Run {
             dir: run,
@@ -222,13 +247,26 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
         let seed = training.seed;
         let micro = training.gradient_accumulation_steps.max(1);
         let replicas_n = devices.len();
+        let (rank, ranks) = (cluster.rank(), cluster.size());
+        if ranks > 1 && replicas_n > 1 {
+            bail!(
+                "training.devices: one device per process in a multi-node run ({replicas_n} \
+                 given): launch one process per device"
+            );
+        }
+        let primary = cluster.is_primary();
+        // This process's micro-batches of a step; the step has `ranks` times as many.
         let per_step = micro * replicas_n;
         let device = devices[0].clone();
         let step_work = ddp::Step {
             objective: task,
             precision: training.precision,
         };
-        let mut metrics = Metrics::open(&out)?;
+        let mut metrics = if primary {
+            Metrics::open(&out)?
+        } else {
+            Metrics::sink()
+        };
         let interrupted = checkpoint::interrupt_flag();
         let progress = TrainingProgress::new(total, run.state.step, run.config.what);
         eprintln!(
@@ -265,12 +303,21 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
             let mut pending = Pending::<B::InnerBackend, T::Stats>::default();
             while run.state.step < total {
                 let step = run.state.step;
-                // A step's micro-batches: replica r takes the r-th run of `micro` of them.
-                let batches = data.next_step(step, per_step)?;
-                let n = batches.len();
+                // A step's micro-batches: rank k takes the k-th run of `per_step` of them
+                // (every rank reads the same stream), replica r of it the r-th run of `micro`.
+                let all = data.next_step(step, per_step * ranks)?;
+                let n = all.len();
+                let first = all.first().cloned();
+                let batches: Vec<_> = all
+                    .into_iter()
+                    .skip(rank * per_step)
+                    .take(per_step)
+                    .collect();
+                // This rank's micro-batches: what its statistics average over.
+                let local = batches.len();
                 // A replica left without data (the end of an epoch-bounded run) steps on a
                 // copy of the first batch with its gradient multiplied by zero.
-                let idle = (n < per_step).then(|| batches.first().cloned()).flatten();
+                let idle = (batches.len() < per_step).then_some(first).flatten();
                 let mut shares: Vec<ddp::Share<T::Batch>> = (0..replicas_n)
                     .map(|_| ddp::Share {
                         batches: Vec::new(),
@@ -290,8 +337,15 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                     &run.config.schedule,
                 );
                 B::seed(&device, seeds::dropout(seed, step, 0));
-                let (next, replica_stats, opt_stats) =
-                    replicas.step(&step_work, model, &mut opt, shares, n, step, lr, &device)?;
+                if ranks > 1 {
+                    // Rank k's masks: the stream of replica k (as `training.devices` with one
+                    // process: the same run).
+                    bert_model::dropout::set_thread_seed(Some(seeds::dropout(seed, step, rank)));
+                }
+                let nodes = (ranks > 1).then_some(cluster.as_ref());
+                let (next, replica_stats, opt_stats) = replicas.step(
+                    &step_work, model, &mut opt, shares, n, step, lr, &device, nodes,
+                )?;
                 model = next;
                 let mut tally = ddp::Tally::<B::InnerBackend, T::Stats>::default();
                 for s in replica_stats {
@@ -301,13 +355,19 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 run.state.examples += tally.stats.examples() as u64;
                 run.state.data = serde_json::to_value(data.position())?;
                 window.0 += tally.stats.tokens();
-                pending.push(run.state.step, tally, opt_stats, n);
+                pending.push(run.state.step, tally, opt_stats, local);
                 progress.step();
                 let epoch = data.epoch();
                 let step = run.state.step;
                 let log_due = step.is_multiple_of(training.log_every_steps.max(1)) || step == total;
                 let eval_due = checkpoint::due(training.eval_every_steps, step) || step == total;
-                let stop = checkpoint::stop_requested(&interrupted, &training, step, total);
+                let mut stop = checkpoint::stop_requested(&interrupted, &training, step, total);
+                if ranks > 1 {
+                    // Every rank stops at the same step (Ctrl-C may reach them a step apart).
+                    let mut flag = [f32::from(u8::from(stop))];
+                    cluster.all_reduce_sum(&mut flag);
+                    stop = flag[0] > 0.0;
+                }
                 let save_due = checkpoint::due(training.save_every_steps, step) || step == total;
                 if !(log_due || eval_due || save_due || stop) {
                     // No read this step: the GPU keeps its queue.
@@ -348,14 +408,20 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 }
                 let mut early_stop = false;
                 if eval_due {
-                    let eval_start = Instant::now();
-                    let evaluated =
-                        run.evaluate(task, &model, epoch, &device, &mut metrics, &progress)?;
-                    // tokens_per_second counts training time only.
-                    window.1 += eval_start.elapsed();
-                    early_stop = evaluated && run.patience_exhausted(&progress);
+                    if primary {
+                        let eval_start = Instant::now();
+                        let evaluated =
+                            run.evaluate(task, &model, epoch, &device, &mut metrics, &progress)?;
+                        // tokens_per_second counts training time only.
+                        window.1 += eval_start.elapsed();
+                        early_stop = evaluated && run.patience_exhausted(&progress);
+                    }
+                    // Rank 0 decides for every rank.
+                    let mut flag = [f32::from(u8::from(early_stop))];
+                    cluster.all_reduce_sum(&mut flag);
+                    early_stop = flag[0] > 0.0;
                 }
-                if save_due || stop || early_stop {
+                if (save_due || stop || early_stop) && primary {
                     run.save_checkpoint(task, &model, &opt)?;
                 }
                 if early_stop {
@@ -373,6 +439,9 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 "stopped: checkpoint saved at step {}; continue with --resume",
                 run.state.step
             );
+            return Ok(model);
+        }
+        if !primary {
             return Ok(model);
         }
         run.export(task, &model)?;
@@ -461,8 +530,10 @@ impl<B: Backend, S: Stats> Pending<B, S> {
             let grad_norm = sums.pop().unwrap_or(f64::NAN);
             let loss = s.stats.loss(&sums, s.micro_batches);
             // The weights of a diverged step are never saved: the last checkpoint stays the
-            // last good one.
-            if !loss.is_finite() {
+            // last good one. A rank of a multi-node run left without data for a step has no
+            // loss of its own; the gradient norm (of every rank's gradients) still checks it.
+            let had_data = !sums.is_empty();
+            if had_data && !loss.is_finite() {
                 return Err(checkpoint::diverged(
                     &format!("loss is {loss}"),
                     s.step,

@@ -126,3 +126,56 @@ pub fn bench_train_tiny(extra: &[&str]) -> Result<serde_json::Value, String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or("")).map_err(|e| e.to_string())
 }
+
+/// A pretraining config for a very small model on the fixture corpus (6 steps, evaluation
+/// every 3, checkpoints every 2), its output in `dir/out`, written to `dir/out.toml`.
+pub fn pretrain_config(dir: &Path, out: &str) -> PathBuf {
+    let minilm = std::env::var_os("BERT_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/models/all-MiniLM-L6-v2"));
+    let corpus = root().join("tests/fixtures/corpus");
+    let path = dir.join(format!("{out}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[model]
+preset = "tiny"
+hidden_size = 32
+num_attention_heads = 2
+intermediate_size = 64
+max_position_embeddings = 64
+
+[data]
+tokenizer = "{}"
+train_files = ["{}/*.txt"]
+valid_files = ["{}/moby.txt"]
+prepared_dir = "{}/prepared"
+max_seq_length = 64
+
+[optimizer]
+learning_rate = 1e-3
+
+[schedule]
+warmup_steps = 2
+
+[training]
+max_steps = 6
+batch_size = 8
+eval_every_steps = 3
+eval_batches = 2
+save_every_steps = 2
+log_every_steps = 1
+
+[output]
+dir = "{}"
+"#,
+            minilm.display(),
+            corpus.display(),
+            corpus.display(),
+            dir.display(),
+            dir.join(out).display()
+        ),
+    )
+    .expect("config");
+    path
+}
