@@ -81,6 +81,9 @@ mod d {
     pub fn warmup() -> f64 {
         0.0
     }
+    pub fn poly_power() -> f64 {
+        0.5
+    }
 }
 
 impl Default for OptimizerConfig {
@@ -100,6 +103,11 @@ pub enum Decay {
     Cosine,
     /// Constant after warmup.
     Constant,
+    /// NVIDIA's BERT recipes' `warmup_poly`: `peak · (1 − s/total)^poly_power` after warmup,
+    /// with `s` the (1-based) step counted from the run's start (not from the end of warmup), so the rate steps
+    /// down from `peak` to `peak · (1 − warmup/total)^poly_power` when warmup ends, as theirs
+    /// does.
+    Poly,
 }
 
 /// `[schedule]` of a config.
@@ -115,6 +123,9 @@ pub struct ScheduleConfig {
     /// Decay after warmup.
     #[serde(default)]
     pub decay: Decay,
+    /// The exponent of `decay = "poly"` (NVIDIA's `degree`).
+    #[serde(default = "d::poly_power")]
+    pub poly_power: f64,
 }
 
 impl Default for ScheduleConfig {
@@ -139,6 +150,7 @@ pub fn lr_at(step: u64, total: u64, peak: f64, schedule: &ScheduleConfig) -> f64
         Decay::Linear => peak * (1.0 - progress),
         Decay::Cosine => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
         Decay::Constant => peak,
+        Decay::Poly => peak * (1.0 - (s / total.max(1) as f64).min(1.0)).powf(schedule.poly_power),
     }
 }
 

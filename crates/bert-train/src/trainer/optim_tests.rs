@@ -32,6 +32,17 @@ fn schedule_warms_up_then_decays() {
         ..Default::default()
     };
     assert!((lr_at(54, 100, 1.0, &cos) - 0.5).abs() < 1e-12);
+    // NVIDIA's warmup_poly, phase 1 of the LAMB recipe: warmup 2,000 of 7,038 steps.
+    let poly = ScheduleConfig {
+        warmup_steps: Some(2000),
+        decay: Decay::Poly,
+        ..Default::default()
+    };
+    assert!((lr_at(1999, 7038, 6e-3, &poly) - 6e-3).abs() < 1e-15);
+    let after = 6e-3 * (1.0 - 2001.0 / 7038.0f64).sqrt();
+    assert!((lr_at(2000, 7038, 6e-3, &poly) - after).abs() < 1e-15);
+    assert!((after / 6e-3 - 0.8459).abs() < 1e-4);
+    assert!(lr_at(7037, 7038, 6e-3, &poly).abs() < 1e-15);
 }
 
 #[test]
