@@ -29,8 +29,9 @@ pub const STATIC_MASKING: u64 = 2;
 pub const DYNAMIC_MASKING: u64 = 3;
 /// The order of a window's instances: `[seed, epoch, window, WINDOW_SHUFFLE]`.
 pub const WINDOW_SHUFFLE: u64 = 4;
-/// Dropout masks of an optimizer step: `[seed, step, DROPOUT]` on replica 0,
-/// `[seed, step, DROPOUT, rank]` on replica `rank` of a data-parallel run.
+/// Dropout masks of the `m`-th micro-batch of an optimizer step (counted over every replica of
+/// every process, in the order they split the step's batches): `[seed, step, DROPOUT]` for the
+/// first, `[seed, step, DROPOUT, m]` after.
 pub const DROPOUT: u64 = 5;
 /// Fine-tuning's row order of an epoch: `[seed, epoch, EPOCH_ORDER]`.
 pub const EPOCH_ORDER: u64 = 7;
@@ -42,11 +43,11 @@ pub fn init(seed: u64) -> u64 {
     derive_seed(&[seed, INIT])
 }
 
-/// The dropout seed of replica `rank` at optimizer step `step`.
-pub fn dropout(seed: u64, step: u64, rank: usize) -> u64 {
-    match rank {
+/// The dropout seed of the `micro_batch`-th micro-batch of optimizer step `step`.
+pub fn dropout(seed: u64, step: u64, micro_batch: usize) -> u64 {
+    match micro_batch {
         0 => derive_seed(&[seed, step, DROPOUT]),
-        r => derive_seed(&[seed, step, DROPOUT, r as u64]),
+        m => derive_seed(&[seed, step, DROPOUT, m as u64]),
     }
 }
 

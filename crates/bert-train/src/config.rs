@@ -198,6 +198,98 @@ pub struct OutputSection {
     pub dir: PathBuf,
 }
 
+/// `[distributed]`: a multi-node run whose nodes are started one by one, the same command on
+/// every machine with its own `node_rank` (torchrun's model; see [`crate::cluster`]). Runs
+/// started by an MPI launcher (`mpirun`, `bert launch`) take their ranks from it instead, and
+/// need none of these keys.
+///
+/// The environment variables torchrun users know set them too, over the config file (and
+/// `--set` over both): `WORLD_SIZE` → `nodes`, `RANK` (or `NODE_RANK`) → `node_rank`,
+/// `MASTER_ADDR` and `MASTER_PORT` → `coordinator`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistributedSection {
+    /// The run's processes ("nodes"), each training on its own `training.devices`: 1, one
+    /// process.
+    pub nodes: usize,
+    /// This node's rank, `0..nodes`: node 0 is the coordinator, evaluates and writes. Each
+    /// node has its own, so it is left out of the configuration the nodes compare and the run
+    /// directory keeps.
+    pub node_rank: usize,
+    /// `host:port` at which node 0 listens for the others (an address of node 0 that every
+    /// node reaches); needed when `nodes > 1`.
+    pub coordinator: Option<String>,
+    /// Seconds the nodes wait for each other at start-up.
+    pub join_timeout_s: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self {
+            nodes: 1,
+            node_rank: 0,
+            coordinator: None,
+            join_timeout_s: 300,
+        }
+    }
+}
+
+/// `[distributed]` keys from torchrun's environment variables (see [`DistributedSection`]),
+/// as `--set` would give them; `env` reads a variable.
+fn distributed_from_env(
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, toml::Value)>> {
+    let number = |name: &str, key: &str| -> Result<Option<(String, toml::Value)>> {
+        let Some(text) = env(name) else {
+            return Ok(None);
+        };
+        let value: i64 = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|v| *v >= 0)
+            .with_context(|| format!("environment variable {name}={text:?}: not a count"))?;
+        Ok(Some((key.to_string(), toml::Value::Integer(value))))
+    };
+    let mut keys = Vec::new();
+    keys.extend(number("WORLD_SIZE", "nodes")?);
+    match number("RANK", "node_rank")? {
+        Some(rank) => keys.push(rank),
+        None => keys.extend(number("NODE_RANK", "node_rank")?),
+    }
+    match (env("MASTER_ADDR"), env("MASTER_PORT")) {
+        (Some(addr), Some(port)) => keys.push((
+            "coordinator".to_string(),
+            toml::Value::String(format!("{}:{}", addr.trim(), port.trim())),
+        )),
+        (None, None) => {}
+        _ => bail!("MASTER_ADDR and MASTER_PORT go together (the coordinator's host and port)"),
+    }
+    Ok(keys)
+}
+
+/// A `[distributed]` section alone: torchrun's environment variables, then `overrides`
+/// (`distributed.key=value`, as `--set` takes them).
+pub fn distributed_section(overrides: &[String]) -> Result<DistributedSection> {
+    let mut table = toml::Table::new();
+    for (key, value) in distributed_from_env(|name| std::env::var(name).ok())? {
+        apply_override(&mut table, &["distributed".to_string(), key], value)?;
+    }
+    for o in overrides {
+        let (key, value) = parse_override(o)?;
+        if key.first().map(String::as_str) != Some("distributed") {
+            bail!("--set {o:?}: only distributed.* keys here");
+        }
+        apply_override(&mut table, &key, value)?;
+    }
+    let section = table
+        .remove("distributed")
+        .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+    section
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("[distributed]: {}", e.message().trim()))
+}
+
 /// A pretraining run config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +309,9 @@ pub struct PretrainConfig {
     /// Loop settings.
     #[serde(default)]
     pub training: TrainingSection,
+    /// Nodes of a multi-node run.
+    #[serde(default)]
+    pub distributed: DistributedSection,
     /// Where results go.
     pub output: OutputSection,
 }
@@ -239,6 +334,9 @@ pub struct FinetuneConfig {
     /// Loop.
     #[serde(default)]
     pub training: TrainingSection,
+    /// Nodes of a multi-node run.
+    #[serde(default)]
+    pub distributed: DistributedSection,
     /// Results.
     pub output: OutputSection,
 }
@@ -310,6 +408,9 @@ pub fn load<T: RunConfig>(path: &Path, overrides: &[String]) -> Result<(T, toml:
         .with_context(|| format!("cannot read config {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+    for (key, value) in distributed_from_env(|name| std::env::var(name).ok())? {
+        apply_override(&mut table, &["distributed".to_string(), key], value)?;
+    }
     for o in overrides {
         let (key, value) = parse_override(o)?;
         apply_override(&mut table, &key, value)?;
@@ -358,6 +459,49 @@ impl ModelSection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torchrun_environment_variables_set_distributed() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let keys = distributed_from_env(env(&[
+            ("WORLD_SIZE", "4"),
+            ("RANK", "2"),
+            ("NODE_RANK", "1"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "29500"),
+        ]))
+        .expect("valid");
+        let mut table = toml::Table::new();
+        for (key, value) in keys {
+            apply_override(&mut table, &["distributed".into(), key], value).expect("set");
+        }
+        let section: DistributedSection = table["distributed"].clone().try_into().expect("ok");
+        assert_eq!(
+            section,
+            DistributedSection {
+                nodes: 4,
+                node_rank: 2,
+                coordinator: Some("10.0.0.1:29500".into()),
+                join_timeout_s: 300,
+            }
+        );
+        let node_rank = distributed_from_env(env(&[("NODE_RANK", "3")])).expect("valid");
+        assert_eq!(
+            node_rank,
+            vec![("node_rank".into(), toml::Value::Integer(3))]
+        );
+        assert!(distributed_from_env(env(&[])).expect("none").is_empty());
+        let err = distributed_from_env(env(&[("WORLD_SIZE", "two")])).expect_err("not a count");
+        assert!(format!("{err:#}").contains("WORLD_SIZE=\"two\""), "{err:#}");
+        let err = distributed_from_env(env(&[("MASTER_ADDR", "h")])).expect_err("no port");
+        assert!(format!("{err:#}").contains("MASTER_PORT"), "{err:#}");
+    }
 
     #[test]
     fn overrides_are_toml_or_bare_strings() {

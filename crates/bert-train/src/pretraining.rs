@@ -500,12 +500,15 @@ pub fn train<B: AutodiffBackend>(
     resume: bool,
     device: &Device<B>,
 ) -> Result<()> {
-    let config_toml = toml::to_string(config)?;
+    // What every node shares: each has its own node rank.
+    let mut shared = config.clone();
+    shared.distributed.node_rank = 0;
+    let config_toml = toml::to_string(&shared)?;
     // One process, or one rank of a multi-node run (`bert launch`, mpirun): every rank runs the
     // same configuration; rank 0 creates the run and prepares the corpus before the others
     // open them.
     // (The trainer finds it as this thread's current cluster; MPI ends when it is dropped.)
-    let cluster = Cluster::init()?;
+    let cluster = Cluster::init(&config.distributed)?;
     cluster.agree("the configuration", fingerprint(config_toml.as_bytes()))?;
     let (run, data) = cluster.rank_zero_first(|| -> Result<_> {
         let run = RunDir::create(&config.output.dir, resume, &config_toml)?;

@@ -1,6 +1,7 @@
-//! Processes of a multi-node run over MPI (feature `mpi`, Open MPI's `mpirun` on 127.0.0.1):
-//! `bert launch` starts them, they all-reduce, a process with another configuration is refused
-//! on every process, a killed process stops the others within seconds naming its rank.
+//! Processes of a multi-node run over MPI (feature `mpi`, Open MPI on 127.0.0.1), started by
+//! `bert launch` (`mpirun`) or one by one with `[distributed]` (node 0 coordinating): they
+//! all-reduce, train like one process, a process with another configuration is refused on every
+//! process, a killed process stops the others within seconds naming it, `--resume` finishes.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -26,6 +27,77 @@ fn is_root() -> bool {
                 .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// A free port on 127.0.0.1 for a coordinator.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// `bert ARGS` as node `rank` of `nodes` started on its own, coordinated at 127.0.0.1:`port`:
+/// node 1 through torchrun's environment variables, the others through `--set`.
+fn node(args: &[&str], rank: usize, nodes: usize, port: u16) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bert"));
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if rank == 1 {
+        c.env("WORLD_SIZE", nodes.to_string())
+            .env("RANK", "1")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string());
+    } else {
+        c.args(["--set", &format!("distributed.nodes={nodes}")])
+            .args(["--set", &format!("distributed.node_rank={rank}")])
+            .args([
+                "--set",
+                &format!("distributed.coordinator=\"127.0.0.1:{port}\""),
+            ]);
+    }
+    c
+}
+
+/// Runs `args` as `nodes` nodes started one by one (the last first), each to its end; their
+/// outputs (stdout + stderr) by rank, and whether each succeeded.
+fn on_nodes(args: &[&str], nodes: usize) -> Vec<(bool, String)> {
+    let port = free_port();
+    let children: Vec<_> = (0..nodes)
+        .rev()
+        .map(|rank| node(args, rank, nodes, port).spawn().expect("spawn a node"))
+        .collect();
+    let mut outs: Vec<(bool, String)> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().expect("wait");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        })
+        .collect();
+    outs.reverse();
+    outs
+}
+
+#[test]
+fn nodes_started_one_by_one_join_all_reduce_and_agree() {
+    let outs = on_nodes(&["cluster-check", "--rounds", "20"], 3);
+    for (rank, (ok, out)) in outs.iter().enumerate() {
+        assert!(ok, "node {rank} failed: {out}");
+        assert!(
+            out.contains(&format!(
+                "rank {rank} of 3 (local rank 0): 20 all-reduce rounds"
+            )),
+            "node {rank}: {out}"
+        );
+    }
+    // A node started without the coordinator's address is refused in one line.
+    fails_in_one_line(
+        &["cluster-check", "--set", "distributed.nodes=2"],
+        "distributed.nodes = 2 needs distributed.coordinator",
+    );
 }
 
 #[test]
@@ -55,7 +127,7 @@ fn launched_processes_all_reduce_and_agree() {
 }
 
 #[test]
-fn a_process_with_another_configuration_is_refused_by_all() {
+fn a_process_with_another_configuration_is_refused() {
     // MPMD: rank 0 and rank 1 get different texts to agree on.
     let bert = env!("CARGO_BIN_EXE_bert");
     let out = mpirun()
@@ -73,13 +145,13 @@ fn a_process_with_another_configuration_is_refused_by_all() {
         .expect("mpirun");
     assert!(!out.status.success(), "a mismatch must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for rank in 0..2 {
-        assert!(
-            stderr.contains(&format!("[1,{rank}]<stderr>:"))
-                && stderr.contains("differs between the processes: rank(s) 1 against rank 0"),
-            "rank {rank} did not refuse: {stderr}"
-        );
-    }
+    assert!(
+        stderr.contains("differs between the processes: rank(s) 1 against rank 0"),
+        "the mismatch is named: {stderr}"
+    );
+    // Neither rank goes on (the first to fail ends the job; the other fails the same check).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("check passed"), "{stdout}");
 }
 
 #[test]
@@ -129,16 +201,21 @@ fn a_killed_process_stops_the_others_naming_it() {
     );
 }
 
-/// `bert launch --nodes 2 -- pretrain …` with `settings`, output in `dir/name`; the final
-/// weights.
-fn pretrain_on_two_ranks(
+/// `bert pretrain` with `settings`, on two ranks (`bert launch --nodes 2`) when `launch`,
+/// output in `dir/name`; the final weights.
+fn pretrain(
     dir: &std::path::Path,
     name: &str,
+    launch: bool,
     settings: &[&str],
 ) -> std::collections::BTreeMap<String, Vec<f32>> {
     let cfg = pretrain_config(dir, name);
-    let mut args = vec!["launch", "--nodes", "2", "--", "pretrain", "--config"];
-    args.push(cfg.to_str().expect("utf8"));
+    let mut args = if launch {
+        vec!["launch", "--nodes", "2", "--"]
+    } else {
+        Vec::new()
+    };
+    args.extend(["pretrain", "--config", cfg.to_str().expect("utf8")]);
     for s in settings {
         args.extend(["--set", s]);
     }
@@ -146,61 +223,128 @@ fn pretrain_on_two_ranks(
     read_tensors(&dir.join(name).join("final/model.safetensors"))
 }
 
-/// Pretraining on two ranks (one CPU device each) trains like one process: with dropout off
-/// like one device accumulating two micro-batches, with dropout on like two replicas in one
-/// process (rank r draws replica r's masks); two runs are identical; only rank 0 writes.
+/// `bert pretrain` with `settings` on two nodes started one by one, output in `dir/name`; the
+/// final weights.
+fn pretrain_on_nodes(
+    dir: &std::path::Path,
+    name: &str,
+    settings: &[&str],
+) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let cfg = pretrain_config(dir, name);
+    let mut args = vec!["pretrain", "--config", cfg.to_str().expect("utf8")];
+    for s in settings {
+        args.extend(["--set", s]);
+    }
+    for (rank, (ok, out)) in on_nodes(&args, 2).iter().enumerate() {
+        assert!(ok, "node {rank} failed: {out}");
+    }
+    read_tensors(&dir.join(name).join("final/model.safetensors"))
+}
+
+/// Pretraining on two ranks (one CPU device each, dropout on) trains like one process
+/// accumulating two micro-batches (the m-th micro-batch of a step draws the same masks
+/// wherever it runs); two runs are identical; only rank 0 writes.
 #[test]
 fn two_ranks_pretrain_like_one_process() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let no_dropout = [
-        "model.hidden_dropout_prob=0.0",
-        "model.attention_probs_dropout_prob=0.0",
-    ];
-    let two = pretrain_on_two_ranks(dir.path(), "two", &no_dropout);
-    let cfg = pretrain_config(dir.path(), "one");
-    let mut args = vec!["pretrain", "--config", cfg.to_str().expect("utf8")];
-    for s in no_dropout
-        .iter()
-        .chain(&["training.gradient_accumulation_steps=2"])
-    {
-        args.extend(["--set", s]);
-    }
-    ok(&args);
-    let one = read_tensors(&dir.path().join("one/final/model.safetensors"));
+    let dir = dir.path();
+    let two = pretrain(dir, "two", true, &[]);
+    let one = pretrain(
+        dir,
+        "one",
+        false,
+        &["training.gradient_accumulation_steps=2"],
+    );
     let diff = max_abs_diff(&one, &two);
-    assert!(diff < 1e-6, "2 ranks vs accumulation 2: {diff}");
-
-    let dropout = pretrain_on_two_ranks(dir.path(), "dropout", &[]);
-    let again = pretrain_on_two_ranks(dir.path(), "again", &[]);
+    assert!(diff < 1e-6, "2 ranks vs accumulation 2, dropout on: {diff}");
+    let again = pretrain(dir, "again", true, &[]);
+    assert_eq!(max_abs_diff(&two, &again), 0.0, "two identical 2-rank runs");
+    // Nodes started one by one train as the launched ranks do.
+    let nodes = pretrain_on_nodes(dir, "nodes", &[]);
     assert_eq!(
-        max_abs_diff(&dropout, &again),
+        max_abs_diff(&two, &nodes),
         0.0,
-        "two identical 2-rank runs"
+        "2 nodes vs 2 launched ranks"
     );
-    let cfg = pretrain_config(dir.path(), "replicas");
-    ok(&[
-        "pretrain",
-        "--config",
-        cfg.to_str().expect("utf8"),
-        "--set",
-        "training.devices=[0, 0]",
-    ]);
-    let replicas = read_tensors(&dir.path().join("replicas/final/model.safetensors"));
-    let diff = max_abs_diff(&replicas, &dropout);
+    // Two replicas in one process draw other masks (threads' streams) for the same data: the
+    // masks matter, so the match above is not vacuous.
+    let replicas = pretrain(dir, "replicas", false, &["training.devices=[0, 0]"]);
     assert!(
-        diff < 1e-6,
-        "2 ranks vs 2 replicas in one process, dropout on: {diff}"
-    );
-    assert!(
-        max_abs_diff(&dropout, &two) > 1e-4,
-        "dropout changes the weights (the check above is not vacuous)"
+        max_abs_diff(&replicas, &two) > 1e-4,
+        "dropout masks change the weights"
     );
     // One metrics file, written by rank 0 alone: 6 train lines.
-    let metrics = std::fs::read_to_string(dir.path().join("two/metrics.jsonl")).expect("metrics");
+    let metrics = std::fs::read_to_string(dir.join("two/metrics.jsonl")).expect("metrics");
     assert_eq!(
         metrics.lines().filter(|l| l.contains("\"train\"")).count(),
         6
     );
+}
+
+/// Two ranks of two replicas each (dropout on) train like one process of two replicas
+/// accumulating two micro-batches: replica 0 of each rank sums over MPI and hands the sum to
+/// its other replica.
+#[test]
+fn two_ranks_of_two_replicas_pretrain_like_one_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let four = pretrain(dir, "four", true, &["training.devices=[0, 0]"]);
+    let one = pretrain(
+        dir,
+        "one",
+        false,
+        &[
+            "training.devices=[0, 0]",
+            "training.gradient_accumulation_steps=2",
+        ],
+    );
+    let diff = max_abs_diff(&one, &four);
+    assert!(
+        diff < 1e-6,
+        "2 ranks × 2 replicas vs 2 replicas × 2: {diff}"
+    );
+    // (Without the broadcast a rank's second replica updates with its own rank's sum alone,
+    // drifts, and its gradients pull the saved weights away from these.)
+    let metrics = std::fs::read_to_string(dir.join("four/metrics.jsonl")).expect("metrics");
+    assert_eq!(
+        metrics.lines().filter(|l| l.contains("\"train\"")).count(),
+        6
+    );
+}
+
+/// `child`'s output once it ends; kills it and fails if it runs past `limit` (a node waiting
+/// for ever for a lost one must fail the test, not hang it).
+fn output_within(child: std::process::Child, limit: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || send.send(child.wait_with_output()));
+    match receive.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("the process ran past {limit:?}");
+        }
+    }
+}
+
+/// Waits (up to 2 minutes) until the run in `run` has a complete checkpoint (`step-N`, renamed
+/// into place once written).
+fn wait_for_checkpoint(run: &std::path::Path) {
+    let started = Instant::now();
+    let complete = || {
+        std::fs::read_dir(run.join("checkpoints")).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("step-"))
+        })
+    };
+    while !complete() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared in {}",
+            run.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// A rank killed mid-run stops the other within 60 s, the launcher naming it; both restarted
@@ -214,7 +358,7 @@ fn a_killed_rank_stops_the_run_and_resume_finishes_it() {
         "training.save_every_steps=4",
         "training.eval_every_steps=0",
     ];
-    let full = pretrain_on_two_ranks(dir.path(), "full", &long);
+    let full = pretrain(dir.path(), "full", true, &long);
     let cfg = pretrain_config(dir.path(), "killed");
     let mut args = vec!["launch", "--nodes", "2", "--", "pretrain", "--config"];
     args.push(cfg.to_str().expect("utf8"));
@@ -228,15 +372,7 @@ fn a_killed_rank_stops_the_run_and_resume_finishes_it() {
         .spawn()
         .expect("bert launch");
     // Kill a rank once the run has a checkpoint.
-    let checkpoints = dir.path().join("killed/checkpoints");
-    let started = Instant::now();
-    while std::fs::read_dir(&checkpoints).map_or(true, |d| d.count() == 0) {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_checkpoint(&dir.path().join("killed"));
     let pids = Command::new("pgrep")
         .args([
             "-f",
@@ -274,6 +410,42 @@ fn a_killed_rank_stops_the_run_and_resume_finishes_it() {
     let resumed = read_tensors(&dir.path().join("killed/final/model.safetensors"));
     let diff = max_abs_diff(&full, &resumed);
     assert!(diff < 1e-6, "killed and resumed vs uninterrupted: {diff}");
+
+    // Nodes started one by one: node 0 (the coordinator) names the lost node and stops.
+    let cfg = pretrain_config(dir.path(), "lost");
+    let mut args = vec!["pretrain", "--config", cfg.to_str().expect("utf8")];
+    for s in long {
+        args.extend(["--set", s]);
+    }
+    let port = free_port();
+    let mut second = node(&args, 1, 2, port).spawn().expect("node 1");
+    let first = node(&args, 0, 2, port).spawn().expect("node 0");
+    wait_for_checkpoint(&dir.path().join("lost"));
+    second.kill().expect("SIGKILL node 1");
+    let killed = Instant::now();
+    let _ = second.wait();
+    let out = output_within(first, Duration::from_secs(90));
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "node 0 stopped in time"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "node 0 fails: {stderr}");
+    assert!(
+        stderr.contains("node 1 was lost"),
+        "node 1 is named: {stderr}"
+    );
+    assert!(!dir.path().join("lost/final").exists());
+    args.push("--resume");
+    for (rank, (ok, out)) in on_nodes(&args, 2).iter().enumerate() {
+        assert!(ok, "node {rank} failed to resume: {out}");
+    }
+    let resumed = read_tensors(&dir.path().join("lost/final/model.safetensors"));
+    let diff = max_abs_diff(&full, &resumed);
+    assert!(
+        diff < 1e-6,
+        "2 nodes killed and resumed vs uninterrupted: {diff}"
+    );
 }
 
 /// Ranks started with different configurations are refused at start-up, before training.
@@ -309,4 +481,24 @@ fn ranks_with_different_configurations_are_refused() {
         !dir.path().join("mismatch/checkpoints").exists(),
         "nothing trained"
     );
+    // Nodes started one by one, node 1 with another batch size: both refuse.
+    let args = ["pretrain", "--config", cfg];
+    let port = free_port();
+    let other = node(&args, 1, 2, port)
+        .args(["--set", "training.batch_size=4"])
+        .spawn()
+        .expect("node 1");
+    let first = node(&args, 0, 2, port).spawn().expect("node 0");
+    for (rank, child) in [first, other].into_iter().enumerate() {
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "node {rank} must refuse");
+        assert!(
+            stderr.contains(
+                "the configuration differs between the processes: rank(s) 1 against rank 0"
+            ),
+            "node {rank}: {stderr}"
+        );
+    }
+    assert!(!dir.path().join("mismatch/checkpoints").exists());
 }

@@ -1,13 +1,16 @@
-//! The processes of a multi-node run, connected by MPI (crate feature `mpi`, Open MPI or MPICH):
-//! one process per node, started by `mpirun` (or `bert launch`), each knowing its rank and the
-//! number of processes from the launcher's environment.
+//! The processes of a multi-node run, connected by MPI (crate feature `mpi`, Open MPI or MPICH),
+//! each training on its own devices (`training.devices`). They are started either
+//! - by an MPI launcher (`mpirun`, `bert launch`), each knowing its rank and the number of
+//!   processes from the launcher's environment; or
+//! - one by one, the same command on every machine with its own `[distributed]` `node_rank`
+//!   (torchrun's model; Open MPI only): node 0 coordinates the join ([`rendezvous`]).
 //!
 //! MPI is the engine because burn-collective 0.21's own global level does one all-reduce per
 //! process and then hangs (`scripts/collective_probe.sh`). A [`Cluster`] of one process (no
-//! launcher, or a build without `mpi`) does nothing.
+//! launcher and `distributed.nodes = 1`, or a build without `mpi`) does nothing.
 //!
 //! ```
-//! let cluster = bert_train::cluster::Cluster::init().unwrap();
+//! let cluster = bert_train::cluster::Cluster::init(&Default::default()).unwrap();
 //! // Not launched by MPI here: one process, rank 0.
 //! assert_eq!((cluster.rank(), cluster.size()), (0, 1));
 //! let mut values = [1.0f32, 2.0];
@@ -19,6 +22,11 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 
 use anyhow::{Result, bail};
+
+use crate::config::DistributedSection;
+
+#[cfg(feature = "mpi")]
+mod rendezvous;
 
 thread_local! {
     /// The cluster [`Cluster::init`] made on this thread, while it lives.
@@ -49,10 +57,17 @@ pub struct Cluster {
     size: usize,
     local_rank: usize,
     #[cfg(feature = "mpi")]
-    mpi: Option<(
-        mpi::environment::Universe,
-        mpi::topology::SimpleCommunicator,
-    )>,
+    mpi: Option<Mpi>,
+}
+
+/// MPI, while the run uses it; the fields drop in order.
+#[cfg(feature = "mpi")]
+struct Mpi {
+    /// The watchdog of nodes started one by one: its goodbye goes before MPI ends.
+    watchdog: Option<rendezvous::Watchdog>,
+    /// The run's communicator, freed before MPI is finalised.
+    world: mpi::topology::SimpleCommunicator,
+    _universe: mpi::environment::Universe,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -62,18 +77,26 @@ impl std::fmt::Debug for Cluster {
 }
 
 impl Cluster {
-    /// Joins the run's processes when an MPI launcher started this one (MPI is initialised
-    /// once, and finalised when the cluster is dropped); a single process otherwise. Fails when
-    /// launched as one of several processes by a build without the `mpi` feature.
+    /// Joins the run's processes: the launcher's when an MPI launcher started this one, else
+    /// the `distributed.nodes` nodes started one by one (joined through node 0,
+    /// [`rendezvous`]); a single process otherwise. MPI is initialised once, and finalised when
+    /// the cluster is dropped. Fails when a build without the `mpi` feature is one of several
+    /// processes, and when the launcher's count differs from `distributed.nodes` (other than
+    /// 1).
     ///
     /// The cluster becomes this thread's [`Cluster::current`] while the returned handle (or a
     /// clone) lives; calling `init` again meanwhile returns the same cluster.
-    pub fn init() -> Result<Rc<Self>> {
+    pub fn init(distributed: &DistributedSection) -> Result<Rc<Self>> {
         if let Some(current) = CURRENT.with(|c| c.borrow().upgrade()) {
             return Ok(current);
         }
+        let nodes = distributed.nodes;
         let cluster = Rc::new(match launched().filter(|&(_, size, _)| size > 1) {
+            Some((_, size, _)) if nodes > 1 && nodes != size => {
+                bail!("the MPI launcher started {size} processes, distributed.nodes says {nodes}")
+            }
             Some((_, size, _)) => Self::join(size)?,
+            None if nodes > 1 => Self::rendezvous(distributed)?,
             None => Self::single(),
         });
         CURRENT.with(|c| *c.borrow_mut() = Rc::downgrade(&cluster));
@@ -114,7 +137,31 @@ impl Cluster {
             rank,
             size,
             local_rank,
-            mpi: Some((universe, world)),
+            mpi: Some(Mpi {
+                watchdog: None,
+                world,
+                _universe: universe,
+            }),
+        })
+    }
+
+    #[cfg(feature = "mpi")]
+    fn rendezvous(distributed: &DistributedSection) -> Result<Self> {
+        let joined = rendezvous::join(distributed)?;
+        // torchrun's name for the process's place on its machine (which device it takes).
+        let local_rank = std::env::var("LOCAL_RANK")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(Self {
+            rank: distributed.node_rank,
+            size: distributed.nodes,
+            local_rank,
+            mpi: Some(Mpi {
+                watchdog: Some(joined.watchdog),
+                world: joined.world,
+                _universe: joined.universe,
+            }),
         })
     }
 
@@ -124,6 +171,28 @@ impl Cluster {
             "started by an MPI launcher as one of {size} processes, but this bert was built \
              without the mpi feature (cargo build --release --features mpi)"
         )
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn rendezvous(distributed: &DistributedSection) -> Result<Self> {
+        bail!(
+            "distributed.nodes = {}, but this bert was built without the mpi feature (cargo \
+             build --release --features mpi)",
+            distributed.nodes
+        )
+    }
+
+    /// Makes this process's end a goodbye to the other nodes of a run started node by node:
+    /// every node ends here too (the run finished, or all stop on the same error); a node that
+    /// ends without one is reported lost by the others.
+    pub fn say_goodbye(&self) {
+        #[cfg(feature = "mpi")]
+        if let Some(Mpi {
+            watchdog: Some(w), ..
+        }) = &self.mpi
+        {
+            w.say_goodbye();
+        }
     }
 
     /// This process's rank, from 0.
@@ -150,7 +219,7 @@ impl Cluster {
     /// order of additions on every process).
     pub fn all_reduce_sum(&self, values: &mut [f32]) {
         #[cfg(feature = "mpi")]
-        if let Some((_, world)) = &self.mpi {
+        if let Some(Mpi { world, .. }) = &self.mpi {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let send = values.to_vec();
             world.all_reduce_into(&send[..], values, SystemOperation::sum());
@@ -169,6 +238,7 @@ impl Cluster {
             .map(|(rank, _)| rank.to_string())
             .collect();
         if !differ.is_empty() {
+            self.say_goodbye();
             bail!(
                 "{what} differs between the processes: rank(s) {} against rank 0 (every node \
                  must run the same configuration)",
@@ -181,7 +251,7 @@ impl Cluster {
     /// `value` of every process, by rank.
     fn all_gather(&self, value: u64) -> Vec<u64> {
         #[cfg(feature = "mpi")]
-        if let Some((_, world)) = &self.mpi {
+        if let Some(Mpi { world, .. }) = &self.mpi {
             use mpi::collective::CommunicatorCollectives;
             let mut all = vec![0u64; self.size];
             world.all_gather_into(&value, &mut all[..]);
@@ -201,25 +271,37 @@ impl Cluster {
             let result = work();
             let mut failed = [f32::from(u8::from(result.is_err()))];
             self.all_reduce_sum(&mut failed);
+            if result.is_err() {
+                self.say_goodbye();
+            }
             return result;
         }
         let mut failed = [0.0f32];
         self.all_reduce_sum(&mut failed);
         if failed[0] > 0.0 {
+            self.say_goodbye();
             bail!("rank 0 failed to set the run up (see its error)");
         }
         work()
     }
 
-    /// `result`, except that an error on one rank of several prints it and aborts the whole
-    /// run (MPI_Abort: the launcher stops every rank and names this one), so that no rank is
-    /// left waiting in an all-reduce for one that has failed.
+    /// The run's outcome on this rank: `result`, except that an error on one rank of several
+    /// prints it and ends the whole run, so that no rank is left waiting in an all-reduce for
+    /// one that has failed: under an MPI launcher MPI_Abort (the launcher stops every rank and
+    /// names this one); for nodes started one by one this node exits and the others report it
+    /// lost.
     pub fn or_abort<T>(&self, result: Result<T>) -> Result<T> {
         #[cfg(feature = "mpi")]
-        if let (Err(e), Some((_, world))) = (&result, &self.mpi) {
+        if let (Err(e), Some(mpi)) = (&result, &self.mpi) {
             use mpi::topology::Communicator;
             eprintln!("error: rank {}: {e:#}", self.rank);
-            world.abort(1);
+            if mpi.watchdog.is_some() {
+                rendezvous::exit_now();
+            }
+            mpi.world.abort(1);
+        }
+        if result.is_ok() {
+            self.say_goodbye();
         }
         result
     }
@@ -227,7 +309,7 @@ impl Cluster {
     /// Waits until every process gets here.
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]
-        if let Some((_, world)) = &self.mpi {
+        if let Some(Mpi { world, .. }) = &self.mpi {
             use mpi::collective::CommunicatorCollectives;
             world.barrier();
         }
@@ -249,6 +331,7 @@ mod tests {
     fn a_single_process_is_rank_zero_of_one() {
         let cluster = Cluster::single();
         assert!(cluster.is_primary());
+        cluster.say_goodbye();
         let mut v = [3.0f32];
         cluster.all_reduce_sum(&mut v);
         assert_eq!(v, [3.0]);

@@ -226,22 +226,24 @@ fn bench_train<B: AutodiffBackend>(
         BertForPreTraining::new(&bert_config, device)
     };
     // Replica r's micro-batch k of every step: the synthetic batch of seed + r·A + k (A
-    // micro-batches per replica), so replicas see different data, as in training.
+    // micro-batches per replica), so replicas see different data, as in training; its dropout
+    // masks are the same at every step.
     let accumulation = config.training.gradient_accumulation_steps.max(1);
-    let share = |rank: usize| ddp::Share {
-        batches: (0..accumulation)
-            .map(|k| {
-                synthetic_batch(
-                    batch_size,
-                    seq,
-                    bert_config.vocab_size,
-                    config.data.next_sentence_prediction,
-                    seed + (rank * accumulation + k) as u64,
-                )
-            })
-            .collect(),
-        idle: None,
-    };
+    let n = devices.len();
+    let batches = (0..n * accumulation)
+        .map(|m| {
+            synthetic_batch(
+                batch_size,
+                seq,
+                bert_config.vocab_size,
+                config.data.next_sentence_prediction,
+                seed + m as u64,
+            )
+        })
+        .collect();
+    let shares = ddp::shares(batches, n, accumulation, None, |m| {
+        bert_data::seeds::dropout(seed, 0, m)
+    });
     let mut opt = AdamW::<B>::new(config.optimizer.clone());
     let mut times = Vec::new();
     let mut last_loss = f64::NAN;
@@ -252,21 +254,13 @@ fn bench_train<B: AutodiffBackend>(
     let work = ddp::Step {
         objective: &PretrainingObjective,
         precision,
+        thread_streams: n > 1,
     };
-    let n = devices.len();
     let model = std::thread::scope(|scope| -> Result<BertForPreTraining<B>> {
-        let replicas = ddp::Replicas::start(
-            scope,
-            &devices,
-            &work,
-            &model,
-            &opt,
-            &config.optimizer,
-            seed,
-        )?;
+        let replicas =
+            ddp::Replicas::start(scope, &devices, &work, &model, &opt, &config.optimizer)?;
         let mut model = model;
-        // Drawn once: the timed steps clone them, as they cloned one batch before.
-        let shares: Vec<_> = (0..n).map(share).collect();
+        // Drawn once: the timed steps clone them.
         for i in 0..args.warmup + args.steps {
             let start = Instant::now();
             let shares = shares.clone();
@@ -277,7 +271,6 @@ fn bench_train<B: AutodiffBackend>(
                 &mut opt,
                 shares,
                 micro_batches,
-                i as u64,
                 lr,
                 device,
                 None,

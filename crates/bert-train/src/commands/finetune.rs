@@ -98,11 +98,14 @@ impl PredictArgs {
 pub fn run(args: &FinetuneArgs) -> Result<()> {
     let (config, _) = config::load::<FinetuneConfig>(&args.config, &args.set)?;
     let kind = BackendKind::resolve(config.training.backend.as_deref())?;
-    let config_toml = toml::to_string(&config)?;
+    // What every node shares: each has its own node rank.
+    let mut shared = config.clone();
+    shared.distributed.node_rank = 0;
+    let config_toml = toml::to_string(&shared)?;
     // One process, or one rank of a multi-node run: every rank runs the same configuration,
     // rank 0 creates the run directory first.
     // (The trainer finds it as this thread's current cluster; MPI ends when it is dropped.)
-    let cluster = crate::cluster::Cluster::init()?;
+    let cluster = crate::cluster::Cluster::init(&config.distributed)?;
     cluster.agree(
         "the configuration",
         crate::cluster::fingerprint(config_toml.as_bytes()),

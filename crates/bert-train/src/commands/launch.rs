@@ -78,14 +78,36 @@ pub struct ClusterCheckArgs {
     /// A text every process must agree on (e.g. a config); differing processes are named.
     #[arg(long, default_value = "")]
     pub agree_on: String,
+    /// Nodes started one by one, as `[distributed]` in a config: `nodes`, `node_rank`,
+    /// `coordinator` (also from `WORLD_SIZE`, `RANK`, `MASTER_ADDR`/`MASTER_PORT`).
+    #[arg(long = "set", value_name = "distributed.KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 /// Each round sums `rank + 1 + round` over the processes and checks the sum; then checks that
 /// every process has the same `--agree-on` text.
 pub fn cluster_check(args: &ClusterCheckArgs) -> Result<()> {
-    let cluster = Cluster::init()?;
+    let distributed = crate::config::distributed_section(&args.set)?;
+    let cluster = Cluster::init(&distributed)?;
+    let rounds = all_reduce_rounds(&cluster, args.rounds);
+    cluster.or_abort(rounds)?;
+    // A mismatch fails on every process alike.
+    cluster.agree("--agree-on", fingerprint(args.agree_on.as_bytes()))?;
+    println!(
+        "rank {} of {} (local rank {}): {} all-reduce rounds and the agreement check passed",
+        cluster.rank(),
+        cluster.size(),
+        cluster.local_rank(),
+        args.rounds
+    );
+    cluster.say_goodbye();
+    Ok(())
+}
+
+/// `rounds` all-reduces, each checked.
+fn all_reduce_rounds(cluster: &Cluster, rounds: usize) -> Result<()> {
     let (rank, size) = (cluster.rank(), cluster.size());
-    for round in 0..args.rounds {
+    for round in 0..rounds {
         let mut value = [(rank + 1 + round) as f32];
         cluster.all_reduce_sum(&mut value);
         let want = (1..=size).map(|r| (r + round) as f32).sum::<f32>();
@@ -96,11 +118,5 @@ pub fn cluster_check(args: &ClusterCheckArgs) -> Result<()> {
             );
         }
     }
-    cluster.agree("--agree-on", fingerprint(args.agree_on.as_bytes()))?;
-    println!(
-        "rank {rank} of {size} (local rank {}): {} all-reduce rounds and the agreement check passed",
-        cluster.local_rank(),
-        args.rounds
-    );
     Ok(())
 }

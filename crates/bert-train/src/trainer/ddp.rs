@@ -11,13 +11,24 @@
 //! a step sees `devices × accumulation × batch_size` examples, and N devices with accumulation A
 //! give the update of one device with accumulation N·A (`tests/pretrain_cli.rs` and
 //! `tests/finetune_cli.rs` check 2 × 1 against 1 × 2).
+//!
+//! Over several processes (`crate::cluster`, MPI) each process's replica 0 sums the process's
+//! summed gradients with the other processes' and broadcasts the result to its own replicas
+//! ([`Ranks`]).
+//!
+//! Dropout: the `m`-th micro-batch of a step (counted over replicas and processes) draws its
+//! masks from the seed `seeds::dropout(seed, step, m)`, whoever runs it. A process with one
+//! replica seeds the backend's RNG with it (the masks are drawn on the device), so N
+//! processes of one device each draw the masks of one device accumulating N micro-batches; a
+//! process with several replicas gives each thread a stream of its own from it (drawn on the
+//! host), so those runs match each other (2 processes × 2 replicas = 1 × 2 replicas
+//! accumulating 2) but not the one-replica runs, unless dropout is off.
 
 use std::marker::PhantomData;
 use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::Scope;
 
-use anyhow::{Context, Result, anyhow};
-use bert_data::seeds;
+use anyhow::{Context, Result, anyhow, bail};
 use burn::collective::{
     CollectiveConfig, PeerId, ReduceOperation, finish_collective, register, reset_collective,
 };
@@ -83,6 +94,12 @@ pub struct Step<'a, O> {
     pub objective: &'a O,
     /// f32, or the half type of mixed precision ([`Precision::compute_leaves`]).
     pub precision: Precision,
+    /// Where a micro-batch's dropout seed ([`Share::dropout`]) goes: `false` seeds the
+    /// backend's RNG (one replica in the process: the masks are drawn on the device), `true`
+    /// this thread's own stream ([`bert_model::dropout::set_thread_seed`]: several replicas in
+    /// one process, which would race for Burn's one RNG; the masks are drawn on the host). The
+    /// two draw different masks from the same seed.
+    pub thread_streams: bool,
 }
 
 /// One replica's micro-batches of a step.
@@ -93,6 +110,43 @@ pub struct Share<T> {
     /// For a replica without batches: a batch whose gradients, multiplied by zero, stand in for
     /// its share in the all-reduce.
     pub idle: Option<T>,
+    /// The dropout seed of each micro-batch (of `idle` when there are none); empty: the masks
+    /// come from wherever the RNG stands.
+    pub dropout: Vec<u64>,
+}
+
+/// This process's micro-batches of a step split among its `replicas`: replica r takes the
+/// r-th run of `micro` of them; a replica left without any steps on `idle`. Local micro-batch
+/// `i` (counted as if every replica had a full run) gets the dropout seed `dropout(i)`, so that
+/// a micro-batch's masks depend on its place in the step, not on the replica that runs it.
+pub fn shares<T: Clone>(
+    batches: Vec<T>,
+    replicas: usize,
+    micro: usize,
+    idle: Option<T>,
+    dropout: impl Fn(usize) -> u64,
+) -> Vec<Share<T>> {
+    let micro = micro.max(1);
+    let mut shares: Vec<Share<T>> = (0..replicas.max(1))
+        .map(|_| Share {
+            batches: Vec::new(),
+            idle: None,
+            dropout: Vec::new(),
+        })
+        .collect();
+    for (i, batch) in batches.into_iter().enumerate() {
+        if let Some(share) = shares.get_mut(i / micro) {
+            share.batches.push(batch);
+            share.dropout.push(dropout(i));
+        }
+    }
+    for (r, share) in shares.iter_mut().enumerate() {
+        if share.batches.is_empty() {
+            share.idle = idle.clone();
+            share.dropout.push(dropout(r * micro));
+        }
+    }
+    shares
 }
 
 /// A replica's statistics of a step: the host's, and the device sums of its micro-batches
@@ -145,7 +199,14 @@ impl<B: AutodiffBackend, O: Objective<B>> Work<B> for Step<'_, O> {
         // The half copy is cast once per step and differentiated as leaves of its own; each
         // micro-batch's gradients are cast back to f32 and summed into the master's.
         let half = self.precision.compute_leaves(model);
-        for batch in batches {
+        for (k, batch) in batches.into_iter().enumerate() {
+            if let Some(&seed) = share.dropout.get(k) {
+                if self.thread_streams {
+                    bert_model::dropout::set_thread_seed(Some(seed));
+                } else {
+                    B::seed(device, seed);
+                }
+            }
             let compute = half.as_ref().unwrap_or(model);
             let measured = self.objective.loss(compute, batch, device)?;
             let loss = if idle {
@@ -178,9 +239,22 @@ impl<B: AutodiffBackend, O: Objective<B>> Work<B> for Step<'_, O> {
 /// optimizer's (gradient norm, learning rate).
 pub type Stepped<B, M, S> = (M, S, StepStats<<B as AutodiffBackend>::InnerBackend>);
 
+/// Where a replica's summed gradients go past its process.
+#[derive(Debug, Clone, Copy)]
+pub enum Ranks<'a> {
+    /// Nowhere: a run of one process.
+    Alone,
+    /// Replica 0 of one process of several: sums the process's gradients with the other
+    /// processes' over MPI, then hands the result to the process's other replicas.
+    Lead(&'a Cluster),
+    /// Another replica of one process of several: receives replica 0's sum.
+    Follow,
+}
+
 /// One replica's part of a step: its gradients ([`Work::gradients`]), summed with the other
-/// replicas' (when `peer` is set), divided by `micro_batches` (the step's micro-batches on all
-/// replicas), one AdamW update.
+/// replicas' of the process (when `peer` is set) and with the other processes' (`ranks`),
+/// divided by `micro_batches` (the step's micro-batches on all replicas of all processes), one
+/// optimizer update.
 #[allow(clippy::too_many_arguments)]
 pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
     work: &W,
@@ -189,24 +263,81 @@ pub fn replica_step<B: AutodiffBackend, W: Work<B>>(
     share: &W::Share,
     micro_batches: usize,
     peer: Option<PeerId>,
-    nodes: Option<&Cluster>,
+    ranks: Ranks<'_>,
     lr: f64,
     device: &Device<B>,
 ) -> Result<Stepped<B, W::Model, W::Stats>> {
     let (grads, stats) = work.gradients(&model, share, device)?;
+    let cut = |e| anyhow::Error::new(AllReduceCut(format!("{e:?}")));
     let grads = match peer {
         Some(peer) => grads
             .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Sum)
-            .map_err(|e| anyhow::Error::new(AllReduceCut(format!("{e:?}"))))?,
+            .map_err(cut)?,
         None => grads,
     };
-    let grads = match nodes {
-        Some(cluster) => all_reduce_over_ranks::<B, W::Model>(cluster, &model, grads, device),
-        None => grads,
+    let grads = match (ranks, peer) {
+        (Ranks::Alone, _) => grads,
+        (Ranks::Lead(cluster), None) => {
+            all_reduce_over_ranks::<B, W::Model>(cluster, &model, grads, device)
+        }
+        (Ranks::Lead(cluster), Some(peer)) => {
+            let summed = all_reduce_over_ranks::<B, W::Model>(cluster, &model, grads, device);
+            broadcast::<B, W::Model>(peer, &model, summed, true).map_err(cut)?
+        }
+        (Ranks::Follow, Some(peer)) => {
+            broadcast::<B, W::Model>(peer, &model, grads, false).map_err(cut)?
+        }
+        (Ranks::Follow, None) => bail!("a following replica without a collective peer"),
     };
     let scale = 1.0 / micro_batches.max(1) as f64;
     let (model, step) = opt.step_params(model, &grads, scale, lr);
     Ok((model, stats, step))
+}
+
+/// Replica 0's `grads` on every replica of the process (burn-collective's broadcast, one
+/// tensor per parameter in the model's order): `lead` sends its own, the others receive in
+/// place of theirs.
+fn broadcast<B: AutodiffBackend, M: AutodiffModule<B>>(
+    peer: PeerId,
+    model: &M,
+    mut grads: GradientsParams,
+    lead: bool,
+) -> std::result::Result<GradientsParams, burn::collective::CollectiveError> {
+    struct Send<'a> {
+        peer: PeerId,
+        lead: bool,
+        grads: &'a mut GradientsParams,
+        failed: Option<burn::collective::CollectiveError>,
+    }
+    impl<B: AutodiffBackend> burn::module::ModuleVisitor<B> for Send<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<B, D>>) {
+            if self.failed.is_some() {
+                return;
+            }
+            let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) else {
+                return;
+            };
+            let sent = self.lead.then(|| grad.into_primitive().tensor());
+            match burn::collective::broadcast::<B::InnerBackend>(self.peer, sent) {
+                Ok(received) => self.grads.register::<B::InnerBackend, D>(
+                    param.id,
+                    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(received)),
+                ),
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+    let mut send = Send {
+        peer,
+        lead,
+        grads: &mut grads,
+        failed: None,
+    };
+    model.visit(&mut send);
+    match send.failed {
+        Some(e) => Err(e),
+        None => Ok(grads),
+    }
 }
 
 /// The sum of `grads` over the ranks of `cluster` (MPI, through the host: one transfer of every
@@ -302,10 +433,11 @@ fn unpanicked<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// A step's work for one worker replica.
 struct Job<S> {
-    step: u64,
     lr: f64,
     micro_batches: usize,
     share: S,
+    /// Whether the process is one of several ([`Ranks::Follow`]).
+    follow: bool,
 }
 
 /// The worker replicas (devices 1..) of a data-parallel run; none with one device.
@@ -313,17 +445,13 @@ struct Job<S> {
 pub struct Replicas<B: AutodiffBackend, W: Work<B>> {
     jobs: Vec<SyncSender<Job<W::Share>>>,
     results: Receiver<Result<W::Stats>>,
-    seed: u64,
     backend: PhantomData<B>,
 }
 
 impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
     /// Starts one worker per device after the first, each with a copy of `model` and `opt`
-    /// as they are now (after a resume: the checkpoint's), and registers replica 0. With
-    /// several replicas, replica `r` draws its dropout masks at step `s` from a stream of its
-    /// own keyed by [`seeds::dropout`]`(seed, s, r)`
-    /// ([`bert_model::dropout::set_thread_seed`]), not from Burn's RNG (one per process, which
-    /// the replicas would race for).
+    /// as they are now (after a resume: the checkpoint's), and registers replica 0. Each
+    /// micro-batch's dropout masks come from its share's seeds ([`Share::dropout`]).
     pub fn start<'scope>(
         scope: &'scope Scope<'scope, '_>,
         devices: &[Device<B>],
@@ -331,7 +459,6 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         model: &W::Model,
         opt: &AdamW<B>,
         optimizer: &OptimizerConfig,
-        seed: u64,
     ) -> Result<Self> {
         let (result_sender, results) = channel();
         let mut jobs = Vec::new();
@@ -354,11 +481,11 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                         let mut opt = AdamW::<B>::new(optimizer);
                         opt.load_state(opt_step, tensors, &model, &device)?;
                         while let Ok(job) = job_receiver.recv() {
-                            // Burn's RNG is one per process: each replica draws its dropout
-                            // masks from a stream of its own.
-                            bert_model::dropout::set_thread_seed(Some(seeds::dropout(
-                                seed, job.step, rank,
-                            )));
+                            let ranks = if job.follow {
+                                Ranks::Follow
+                            } else {
+                                Ranks::Alone
+                            };
                             let (next, stats, _) = replica_step(
                                 work,
                                 model,
@@ -366,7 +493,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                                 &job.share,
                                 job.micro_batches,
                                 Some(peer),
-                                None,
+                                ranks,
                                 job.lr,
                                 &device,
                             )?;
@@ -393,7 +520,6 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         Ok(Self {
             jobs,
             results,
-            seed,
             backend: PhantomData,
         })
     }
@@ -424,11 +550,12 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         (!self.jobs.is_empty()).then(|| PeerId::from(0usize))
     }
 
-    /// Step `step` on every replica: `shares[r]` is replica r's (one per device, in order),
-    /// `micro_batches` counts the step's micro-batches on all of them. Hands the workers their
-    /// shares, runs `shares[0]` on this thread as replica 0 ([`replica_step`] on `model`, `opt`,
-    /// `device`: the caller seeds it), and returns replica 0's updated model, every replica's
-    /// statistics (replica 0's first) and replica 0's optimizer statistics.
+    /// A step on every replica: `shares[r]` is replica r's (one per device, in order),
+    /// `micro_batches` counts the step's micro-batches on all of them (and on all processes).
+    /// Hands the workers their shares, runs `shares[0]` on this thread as replica 0
+    /// ([`replica_step`] on `model`, `opt`, `device`), summing over the processes of `nodes`
+    /// when set, and returns replica 0's updated model, every replica's statistics (replica
+    /// 0's first) and replica 0's optimizer statistics.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &self,
@@ -437,7 +564,6 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         opt: &mut AdamW<B>,
         shares: Vec<W::Share>,
         micro_batches: usize,
-        step: u64,
         lr: f64,
         device: &Device<B>,
         nodes: Option<&Cluster>,
@@ -446,17 +572,15 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
         let own = shares.next().context("no share for replica 0")?;
         for (rank, (jobs, share)) in self.jobs.iter().zip(shares).enumerate() {
             jobs.send(Job {
-                step,
                 lr,
                 micro_batches,
                 share,
+                follow: nodes.is_some(),
             })
             .ok()
             .with_context(|| format!("replica {} stopped", rank + 1))?;
         }
-        if !self.jobs.is_empty() {
-            bert_model::dropout::set_thread_seed(Some(seeds::dropout(self.seed, step, 0)));
-        }
+        let ranks = nodes.map_or(Ranks::Alone, Ranks::Lead);
         let own = unpanicked("replica 0", || {
             replica_step(
                 work,
@@ -465,7 +589,7 @@ impl<B: AutodiffBackend, W: Work<B>> Replicas<B, W> {
                 &own,
                 micro_batches,
                 self.peer(),
-                nodes,
+                ranks,
                 lr,
                 device,
             )

@@ -248,12 +248,6 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
         let micro = training.gradient_accumulation_steps.max(1);
         let replicas_n = devices.len();
         let (rank, ranks) = (cluster.rank(), cluster.size());
-        if ranks > 1 && replicas_n > 1 {
-            bail!(
-                "training.devices: one device per process in a multi-node run ({replicas_n} \
-                 given): launch one process per device"
-            );
-        }
         let primary = cluster.is_primary();
         // This process's micro-batches of a step; the step has `ranks` times as many.
         let per_step = micro * replicas_n;
@@ -261,6 +255,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
         let step_work = ddp::Step {
             objective: task,
             precision: training.precision,
+            thread_streams: replicas_n > 1,
         };
         let mut metrics = if primary {
             Metrics::open(&out)?
@@ -297,7 +292,6 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 &model,
                 &opt,
                 &run.config.optimizer,
-                seed,
             )?;
             let mut window = (0usize, Instant::now());
             let mut pending = Pending::<B::InnerBackend, T::Stats>::default();
@@ -318,34 +312,20 @@ impl<B: AutodiffBackend, M: AutodiffModule<B> + Send> Trainer<B, M> {
                 // A replica left without data (the end of an epoch-bounded run) steps on a
                 // copy of the first batch with its gradient multiplied by zero.
                 let idle = (batches.len() < per_step).then_some(first).flatten();
-                let mut shares: Vec<ddp::Share<T::Batch>> = (0..replicas_n)
-                    .map(|_| ddp::Share {
-                        batches: Vec::new(),
-                        idle: None,
-                    })
-                    .collect();
-                for (i, batch) in batches.into_iter().enumerate() {
-                    shares[i / micro].batches.push(batch);
-                }
-                for share in shares.iter_mut().filter(|s| s.batches.is_empty()) {
-                    share.idle = idle.clone();
-                }
+                // The masks of the step's m-th micro-batch come from one seed, whichever rank
+                // and replica run it.
+                let shares = ddp::shares(batches, replicas_n, micro, idle, |i| {
+                    seeds::dropout(seed, step, rank * per_step + i)
+                });
                 let lr = lr_at(
                     step,
                     total,
                     run.config.optimizer.learning_rate,
                     &run.config.schedule,
                 );
-                B::seed(&device, seeds::dropout(seed, step, 0));
-                if ranks > 1 {
-                    // Rank k's masks: the stream of replica k (as `training.devices` with one
-                    // process: the same run).
-                    bert_model::dropout::set_thread_seed(Some(seeds::dropout(seed, step, rank)));
-                }
                 let nodes = (ranks > 1).then_some(cluster.as_ref());
-                let (next, replica_stats, opt_stats) = replicas.step(
-                    &step_work, model, &mut opt, shares, n, step, lr, &device, nodes,
-                )?;
+                let (next, replica_stats, opt_stats) =
+                    replicas.step(&step_work, model, &mut opt, shares, n, lr, &device, nodes)?;
                 model = next;
                 let mut tally = ddp::Tally::<B::InnerBackend, T::Stats>::default();
                 for s in replica_stats {
