@@ -2,19 +2,25 @@
 # CPU benchmark, ours against PyTorch: the BERT-mini pretraining step (configs/bench/bert-mini.toml,
 # batch 32 x seq 128, MLM + NSP) and all-MiniLM-L6-v2 sentence encoding (batch 32, seq 128),
 # `bert bench` and scripts/bench_pytorch.py alternating (ours, pytorch, ours, pytorch), the best
-# throughput of each kept. Every JSON line goes to bench-results/<timestamp>.jsonl; the last line
-# printed is `ratios: train_cpu=X train_cpu_as_is=Z encode_cpu=Y` (ours / pytorch: tokens/s,
-# sentences/s). train_cpu compares the same work (PyTorch's MLM head on the masked positions
-# only, as ours); train_cpu_as_is compares against transformers' BertForPreTraining as it is
-# (MLM logits at every position). Peak memory is VmHWM on both sides.
+# throughput of each kept; the encoding is also run on ONNX Runtime (scripts/bench_ort.py: the
+# model exported with torch.onnx.export, graph optimisations on, the same sentences, batching and
+# threads), in the same rounds (ours, pytorch, onnxruntime). Every JSON line goes to
+# bench-results/<timestamp>.jsonl; the last line printed is
+# `ratios: train_cpu=X train_cpu_as_is=Z encode_cpu=Y encode_ort=W` (ours / pytorch: tokens/s,
+# sentences/s; encode_ort: ours / onnxruntime, sentences/s). train_cpu compares the same work
+# (PyTorch's MLM head on the masked positions only, as ours); train_cpu_as_is compares against
+# transformers' BertForPreTraining as it is (MLM logits at every position). Peak memory is VmHWM
+# on every side.
 #
 # Usage: scripts/bench.sh [--quick]     (--quick: fewer steps and sentences, one round: < 10 min
 #                                        on 2 cores)
 # Env:   BERT (default target/release/bert; built with `cargo build --release` when missing),
-#        THREADS (default nproc; RAYON_NUM_THREADS for ours, torch.set_num_threads for PyTorch),
+#        THREADS (default nproc; RAYON_NUM_THREADS for ours, torch.set_num_threads for PyTorch,
+#        intra_op_num_threads for ONNX Runtime),
 #        MODEL (default .cache/models/all-MiniLM-L6-v2, fetched by scripts/fetch_models.sh),
 #        INPUT (default tests/fixtures/corpus/moby.txt).
-# Needs python3 with torch, transformers and sentence-transformers.
+# Needs python3 with torch, transformers and sentence-transformers, and for the ONNX Runtime row
+# onnxruntime, onnx and onnxscript (the export is cached in .cache/onnx/).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -88,6 +94,9 @@ for round in $(seq "$rounds"); do
   run "encode pytorch (round $round)" python3 scripts/bench_pytorch.py encode --model "$MODEL" \
     --batch-size "$BATCH" --seq-len "$SEQ" --input "$INPUT" --sentences "$sentences" \
     --device cpu --threads "$THREADS"
+  run "encode onnxruntime (round $round)" python3 scripts/bench_ort.py --model "$MODEL" \
+    --batch-size "$BATCH" --seq-len "$SEQ" --input "$INPUT" --sentences "$sentences" \
+    --threads "$THREADS"
 done
 
 echo
@@ -100,7 +109,7 @@ rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 metric = {"train": "tokens_per_second", "encode": "sentences_per_second"}
 best = {}
 for r in rows:
-    who = "ours" if r["framework"] == "burn" else "pytorch"
+    who = {"burn": "ours", "onnxruntime": "onnxruntime"}.get(r["framework"], "pytorch")
     if r.get("mlm_head") == "masked positions":
         who = "pytorch-masked-only"
     key = (r["workload"], who)
@@ -125,6 +134,7 @@ def ratio(workload, baseline="pytorch"):
 print(f"train_cpu: the same work (PyTorch's MLM head on masked positions only too); "
       f"train_cpu_as_is: transformers' BertForPreTraining as it is")
 print(f"ratios: train_cpu={ratio('train', 'pytorch-masked-only')} "
-      f"train_cpu_as_is={ratio('train')} encode_cpu={ratio('encode')}")
+      f"train_cpu_as_is={ratio('train')} encode_cpu={ratio('encode')} "
+      f"encode_ort={ratio('encode', 'onnxruntime')}")
 EOF
 [ "$failures" -eq 0 ]

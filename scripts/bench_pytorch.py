@@ -27,8 +27,6 @@ directories only.
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import time
 import tomllib
@@ -41,6 +39,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 import torch  # noqa: E402  (after the environment above)
 from transformers import BertConfig, BertForMaskedLM, BertForPreTraining  # noqa: E402
 
+from bench_common import (  # noqa: E402  (scripts/, beside this file)
+    add_encode_arguments,
+    cpu_name,
+    peak_rss_mib,
+    percentile,
+    positive,
+    read_sentences,
+    report_encode,
+    time_encode,
+)
+
 PRESETS = {  # name: (layers, hidden, heads), as BertConfig::preset in crates/bert-model
     "tiny": (2, 128, 2),
     "mini": (4, 256, 4),
@@ -48,40 +57,12 @@ PRESETS = {  # name: (layers, hidden, heads), as BertConfig::preset in crates/be
     "large": (24, 1024, 16),
 }
 CLS, SEP, MASK, FIRST_ORDINARY_ID = 101, 102, 103, 5
-ENCODE_REPEATS = 3
-MAX_CHARS = 400
 
 
 def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def peak_rss_mib():
-    """Peak resident set size (MiB) from /proc/self/status VmHWM, as `bert bench` reads it."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def percentile(sorted_values, q):
-    """Linear interpolation between closest ranks (numpy's default)."""
-    pos = (len(sorted_values) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+    return cpu_name()
 
 
 def setup(args):
@@ -295,14 +276,6 @@ def train(args):
     print(json.dumps(result))
 
 
-def read_sentences(path, count):
-    lines = [line.strip()[:MAX_CHARS] for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    lines = [line for line in lines if line]
-    if not lines:
-        raise SystemExit(f"{path}: no non-empty lines")
-    return [lines[i % len(lines)] for i in range(count)]
-
-
 def encode(args):
     from sentence_transformers import SentenceTransformer
 
@@ -310,46 +283,14 @@ def encode(args):
     model = SentenceTransformer(args.model, device=args.device)
     model.max_seq_length = args.seq_len
     sentences = read_sentences(args.input, args.sentences)
-    if args.warmup_batches:
-        model.encode(sentences[: args.warmup_batches * args.batch_size], batch_size=args.batch_size,
-                     show_progress_bar=False)
-    times = []
-    for _ in range(ENCODE_REPEATS):
-        sync(device)
-        start = time.perf_counter()
-        model.encode(sentences, batch_size=args.batch_size, show_progress_bar=False)
-        sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-
-    median_ms = statistics.median(times)
-    result = {
-        "workload": "encode",
-        "framework": "sentence-transformers",
-        "backend": device.type,
-        "device": device_name(device),
-        "model": Path(args.model).resolve().name,
-        "batch_size": args.batch_size,
-        "seq_len": args.seq_len,
-        "sentences": args.sentences,
-        "threads": torch.get_num_threads(),
-        "time_ms": {"median": median_ms, "min": min(times), "max": max(times)},
-        "sentences_per_second": args.sentences / (median_ms / 1000),
-        "peak_rss_mib": peak_rss_mib(),
-    }
-    print(f"sentence-transformers encode {result['model']} on {result['device']}, "
-          f"{result['threads']} threads")
-    print(f"  {args.sentences} sentences from {args.input}, batch {args.batch_size}, max seq {args.seq_len}")
-    print(f"  ms per encode   median {median_ms:.1f}  min {min(times):.1f}  max {max(times):.1f}  "
-          f"({ENCODE_REPEATS} runs)")
-    print(f"  sentences/s {result['sentences_per_second']:.1f}  peak RSS {result['peak_rss_mib']:.0f} MiB")
-    print(json.dumps(result))
-
-
-def positive(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
+    times = time_encode(
+        lambda texts: model.encode(texts, batch_size=args.batch_size, show_progress_bar=False),
+        sentences,
+        args,
+        sync=lambda: sync(device),
+    )
+    report_encode(args, times, framework="sentence-transformers", backend=device.type,
+                  device=device_name(device), threads=torch.get_num_threads())
 
 
 def main():
@@ -378,12 +319,7 @@ def main():
     t.set_defaults(run=train)
 
     e = sub.add_parser("encode", help="sentence-transformers encode throughput")
-    e.add_argument("--model", required=True, help="local sentence-transformers directory")
-    e.add_argument("--batch-size", type=positive, default=32)
-    e.add_argument("--seq-len", type=positive, default=128, help="max_seq_length (longer inputs are cut)")
-    e.add_argument("--input", default="tests/fixtures/corpus/moby.txt", help="a sentence per line")
-    e.add_argument("--sentences", type=positive, default=512)
-    e.add_argument("--warmup-batches", type=int, default=2)
+    add_encode_arguments(e)
     common(e)
     e.set_defaults(run=encode)
 
