@@ -46,4 +46,5 @@ pub mod input;
 pub mod metrics;
 pub mod pretraining;
 pub mod progress;
+pub mod serve;
 pub mod trainer;

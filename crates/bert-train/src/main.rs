@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use bert_train::commands::{
     bench, bench_data, convert, corpus, download, encode, fill_mask, finetune, launch, pretrain,
-    tokenize,
+    serve, tokenize,
 };
 use clap::{Parser, Subcommand};
 
@@ -45,6 +45,9 @@ enum Command {
     Predict(finetune::PredictArgs),
     /// The most likely tokens for each `[MASK]` of a text.
     FillMask(fill_mask::FillMaskArgs),
+    /// Serve a model over HTTP with dynamic batching (text-embeddings-inference's routes:
+    /// /embed, /v1/embeddings, /predict, /rerank, /tokenize, /health, /info, /metrics).
+    Serve(serve::ServeArgs),
     /// Download a model from the Hugging Face Hub into the shared cache (or copy it to --to).
     Download(download::DownloadArgs),
     /// List the backends compiled into this binary and the default one.
@@ -108,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate(args) => finetune::evaluate(&args),
         Command::Predict(args) => finetune::predict(&args),
         Command::FillMask(args) => fill_mask::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Download(args) => download::download(&args),
         Command::Backends => bert_train::commands::backends(),
         Command::Launch(args) => launch::run(&args),

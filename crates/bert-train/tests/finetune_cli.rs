@@ -7,69 +7,12 @@ mod tasks;
 use common::*;
 use tasks::*;
 
-use std::path::{Path, PathBuf};
-
-/// Rows of 4–6 words: "pos" rows use w5..w20, "neg" rows w40..w60; scores 1.0 and 0.0.
-fn write_data(dir: &Path, rows: usize, seed: u64, regression: bool) -> PathBuf {
-    let mut text = String::from("text\tlabel\n");
-    let mut x = seed;
-    let mut next = |n: u64| {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (x >> 33) % n
-    };
-    for i in 0..rows {
-        let positive = i % 2 == 0;
-        let len = 4 + next(3);
-        let words: Vec<String> = (0..len)
-            .map(|_| {
-                format!(
-                    "w{}",
-                    if positive {
-                        5 + next(16)
-                    } else {
-                        40 + next(21)
-                    }
-                )
-            })
-            .collect();
-        let label = match (regression, positive) {
-            (true, true) => "1.0",
-            (true, false) => "0.0",
-            (false, true) => "pos",
-            (false, false) => "neg",
-        };
-        text.push_str(&format!("{}\t{label}\n", words.join(" ")));
-    }
-    let path = dir.join(format!("data-{seed}-{regression}.tsv"));
-    std::fs::write(&path, text).expect("data");
-    path
-}
-
-fn config(dir: &Path, name: &str, regression: bool) -> PathBuf {
-    let train = write_data(dir, 48, 1, regression);
-    let dev = write_data(dir, 16, 2, regression);
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[model]\ninit_from = \"{}\"\n\n[task]\nkind = \"sequence-classification\"\ntrain_file = \"{}\"\nvalid_file = \"{}\"\nregression = {regression}\nmax_length = 16\n\n[optimizer]\nlearning_rate = {}\n\n[schedule]\nwarmup_ratio = 0.1\n\n[training]\nepochs = 15\nbatch_size = 8\nlog_every_steps = 6\n\n[output]\ndir = \"{}\"\n",
-            root().join("tests/fixtures/tiny-bert/BertForMaskedLM").display(),
-            train.display(),
-            dev.display(),
-            if regression { "1e-3" } else { "5e-4" },
-            dir.join(name).display()
-        ),
-    )
-    .expect("config");
-    path
-}
+use std::path::Path;
 
 #[test]
 fn classification_learns_a_separable_task_and_writes_eval_json() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "cls", false);
+    let cfg = classification_config(dir.path(), "cls", false);
     let out = bert(&["finetune", "--config", cfg.to_str().expect("utf8")]);
     assert!(
         out.status.success(),
@@ -108,7 +51,7 @@ fn classification_learns_a_separable_task_and_writes_eval_json() {
 #[test]
 fn regression_reports_correlations() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "reg", true);
+    let cfg = classification_config(dir.path(), "reg", true);
     let out = bert(&["finetune", "--config", cfg.to_str().expect("utf8")]);
     assert!(
         out.status.success(),
@@ -126,7 +69,7 @@ fn regression_reports_correlations() {
 #[test]
 fn bad_task_kinds_and_bad_labels_are_clear() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "bad", false);
+    let cfg = classification_config(dir.path(), "bad", false);
     let cfg = cfg.to_str().expect("utf8");
     fails_in_one_line(
         &[
@@ -505,7 +448,7 @@ fn predict_and_evaluate_errors_are_one_line() {
         ],
         "missing string field \"text\"",
     );
-    let cfg = config(dir.path(), "x", false);
+    let cfg = classification_config(dir.path(), "x", false);
     fails_in_one_line(
         &[
             "evaluate",
@@ -551,7 +494,7 @@ fn every_task_head_trains_in_bf16() {
         );
         read_json(&dir.path().join(name).join("eval.json"))
     };
-    let reg = run(&config(dir.path(), "reg", true), "reg");
+    let reg = run(&classification_config(dir.path(), "reg", true), "reg");
     assert!(
         reg["pearson"].as_f64().expect("pearson").is_finite(),
         "{reg}"
@@ -605,7 +548,7 @@ fn every_task_head_trains_in_bf16() {
 #[test]
 fn two_replicas_match_gradient_accumulation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "base", false);
+    let cfg = classification_config(dir.path(), "base", false);
     let run = |name: &str, extra: &str| -> std::collections::BTreeMap<String, Vec<f32>> {
         let out = dir.path().join(name);
         ok(&[
@@ -651,7 +594,7 @@ fn two_replicas_match_gradient_accumulation() {
 #[test]
 fn max_length_beyond_the_position_table_is_capped() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "cap", false);
+    let cfg = classification_config(dir.path(), "cap", false);
     let (config, _) = bert_train::config::load::<bert_train::config::FinetuneConfig>(
         &cfg,
         &["task.max_length=100000".into()],
@@ -711,7 +654,7 @@ fn token_ids_beyond_the_vocabulary_fail_at_their_line() {
 #[test]
 fn two_ranks_fine_tune_like_gradient_accumulation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(dir.path(), "base", false);
+    let cfg = classification_config(dir.path(), "base", false);
     let run = |name: &str, launch: bool, extra: &[&str]| {
         let out = dir.path().join(name);
         let output = format!("output.dir={:?}", out.display().to_string());

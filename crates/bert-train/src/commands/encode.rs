@@ -175,12 +175,12 @@ impl Collected {
 }
 
 /// Everything a forward pass produced, by output name.
-struct Outputs<B: Backend> {
-    bert: BertModelOutput<B>,
-    heads: Vec<(&'static str, HeadOutput<B>)>,
+pub(crate) struct Outputs<B: Backend> {
+    pub(crate) bert: BertModelOutput<B>,
+    pub(crate) heads: Vec<(&'static str, HeadOutput<B>)>,
 }
 
-enum HeadOutput<B: Backend> {
+pub(crate) enum HeadOutput<B: Backend> {
     Rank2(Tensor<B, 2>),
     Rank3(Tensor<B, 3>),
 }
@@ -239,7 +239,7 @@ impl<B: Backend> Loaded<B> {
         Ok(())
     }
 
-    fn forward(&self, input: BertInput<B>, hidden: bool) -> Outputs<B> {
+    pub(crate) fn forward(&self, input: BertInput<B>, hidden: bool) -> Outputs<B> {
         use HeadOutput::{Rank2, Rank3};
         match self {
             Self::Base(m) => Outputs {

@@ -12,6 +12,7 @@ pub mod fill_mask;
 pub mod finetune;
 pub mod launch;
 pub mod pretrain;
+pub mod serve;
 pub mod tokenize;
 
 use anyhow::Result;

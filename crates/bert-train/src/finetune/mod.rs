@@ -326,7 +326,7 @@ pub(crate) fn input_of<'a, B: Backend>(
 }
 
 /// The embedding-table sizes of `config` that encodings must fit.
-pub(crate) fn model_limits(config: &BertConfig) -> bert_data::ModelLimits {
+pub fn model_limits(config: &BertConfig) -> bert_data::ModelLimits {
     bert_data::ModelLimits {
         vocab_size: config.vocab_size,
         type_vocab_size: config.type_vocab_size,

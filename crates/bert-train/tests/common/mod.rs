@@ -179,3 +179,62 @@ dir = "{}"
     .expect("config");
     path
 }
+
+/// Rows of 4–6 words: "pos" rows use w5..w20, "neg" rows w40..w60; scores 1.0 and 0.0.
+pub fn write_classification_data(dir: &Path, rows: usize, seed: u64, regression: bool) -> PathBuf {
+    let mut text = String::from("text\tlabel\n");
+    let mut x = seed;
+    let mut next = |n: u64| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    for i in 0..rows {
+        let positive = i % 2 == 0;
+        let len = 4 + next(3);
+        let words: Vec<String> = (0..len)
+            .map(|_| {
+                format!(
+                    "w{}",
+                    if positive {
+                        5 + next(16)
+                    } else {
+                        40 + next(21)
+                    }
+                )
+            })
+            .collect();
+        let label = match (regression, positive) {
+            (true, true) => "1.0",
+            (true, false) => "0.0",
+            (false, true) => "pos",
+            (false, false) => "neg",
+        };
+        text.push_str(&format!("{}\t{label}\n", words.join(" ")));
+    }
+    let path = dir.join(format!("data-{seed}-{regression}.tsv"));
+    std::fs::write(&path, text).expect("data");
+    path
+}
+
+/// A fine-tuning config `dir/name.toml`: sequence classification (or `regression`) from the tiny
+/// masked-LM fixture on written data (48 training rows, 16 dev rows), output in `dir/name`.
+pub fn classification_config(dir: &Path, name: &str, regression: bool) -> PathBuf {
+    let train = write_classification_data(dir, 48, 1, regression);
+    let dev = write_classification_data(dir, 16, 2, regression);
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[model]\ninit_from = \"{}\"\n\n[task]\nkind = \"sequence-classification\"\ntrain_file = \"{}\"\nvalid_file = \"{}\"\nregression = {regression}\nmax_length = 16\n\n[optimizer]\nlearning_rate = {}\n\n[schedule]\nwarmup_ratio = 0.1\n\n[training]\nepochs = 15\nbatch_size = 8\nlog_every_steps = 6\n\n[output]\ndir = \"{}\"\n",
+            root().join("tests/fixtures/tiny-bert/BertForMaskedLM").display(),
+            train.display(),
+            dev.display(),
+            if regression { "1e-3" } else { "5e-4" },
+            dir.join(name).display()
+        ),
+    )
+    .expect("config");
+    path
+}

@@ -1,0 +1,315 @@
+//! The model side of `bert serve`: one thread owns the model and runs every forward pass.
+//! Requests reach it through a bounded queue ([`Queue`]); each time it wakes it takes the
+//! waiting requests up to `max_batch_tokens` tokens, sorts their rows by length, runs them in
+//! forward passes of at most `max_batch_tokens` padded tokens, and answers each request.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use bert_data::{Padding, pad_rows};
+use bert_model::{Architecture, BertConfig, BertInput};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Device, Tensor};
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::commands::encode::{HeadOutput, Loaded};
+
+/// One tokenized input.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Token ids, `[CLS] … [SEP]`.
+    pub input_ids: Vec<u32>,
+    /// Segment ids.
+    pub token_type_ids: Vec<u32>,
+}
+
+/// What the model gives for one row.
+#[derive(Debug, Clone)]
+pub struct RowOutput {
+    /// The pooled sentence embedding (the model's [`Pooling`]), not normalized.
+    pub embedding: Vec<f32>,
+    /// The sequence-classification logits, for a model with that head.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// How token vectors become one sentence embedding: sentence-transformers'
+/// `1_Pooling/config.json` when the model directory has one, else the mean over real tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Mean over the real (unpadded) tokens.
+    Mean,
+    /// The `[CLS]` token's vector.
+    Cls,
+}
+
+impl Pooling {
+    /// The pooling of the model in `dir`.
+    pub fn of_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("1_Pooling/config.json");
+        if !path.is_file() {
+            return Ok(Self::Mean);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid JSON", path.display()))?;
+        let on = |key: &str| value[key].as_bool().unwrap_or(false);
+        match (on("pooling_mode_cls_token"), on("pooling_mode_mean_tokens")) {
+            (true, false) => Ok(Self::Cls),
+            (false, true) => Ok(Self::Mean),
+            _ => anyhow::bail!(
+                "{}: only one of pooling_mode_cls_token and pooling_mode_mean_tokens can be \
+                 served",
+                path.display()
+            ),
+        }
+    }
+}
+
+/// A request for the model: its rows and where the answer goes.
+#[derive(Debug)]
+pub struct Job {
+    /// The rows, in the request's order.
+    pub rows: Vec<Row>,
+    /// One output per row, or why the forward pass failed.
+    pub reply: oneshot::Sender<Result<Vec<RowOutput>, String>>,
+}
+
+impl Job {
+    fn tokens(&self) -> usize {
+        self.rows.iter().map(|r| r.input_ids.len()).sum()
+    }
+}
+
+/// The sending end of the model's queue (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Queue {
+    sender: SyncSender<Job>,
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Queue {
+    /// Queues `job`; gives it back when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Job> {
+        // Counted before it is sent: the model thread may take it at once.
+        let n = self.waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        match self.sender.try_send(job) {
+            Ok(()) => {
+                self.metrics.queue_size.set(n as i64);
+                Ok(())
+            }
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(job)
+            }
+        }
+    }
+}
+
+/// Batching limits of the model thread.
+#[derive(Debug, Clone, Copy)]
+pub struct Batching {
+    /// Requests that may wait in the queue.
+    pub capacity: usize,
+    /// Padded tokens of one forward pass (and real tokens taken per wake-up).
+    pub max_batch_tokens: usize,
+}
+
+/// Loads the model of `dir` on `device` and starts its thread; the thread ends when every
+/// [`Queue`] is dropped.
+pub fn start<B: Backend>(
+    dir: &Path,
+    config: &BertConfig,
+    pooling: Pooling,
+    batching: Batching,
+    metrics: Arc<Metrics>,
+    device: Device<B>,
+) -> Result<(Queue, JoinHandle<()>)> {
+    let architecture = crate::commands::encode::architecture_of(config);
+    let model = Loaded::<B>::new(architecture, dir, &device)?;
+    let (sender, receiver) = sync_channel::<Job>(batching.capacity.max(1));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let queue = Queue {
+        sender,
+        waiting: waiting.clone(),
+        metrics: metrics.clone(),
+    };
+    let worker = Worker {
+        model,
+        architecture,
+        pooling,
+        pad: config.pad_token_id as u32,
+        max_batch_tokens: batching.max_batch_tokens.max(1),
+        waiting,
+        metrics,
+        device,
+    };
+    let handle = std::thread::Builder::new()
+        .name("bert-serve-model".into())
+        .spawn(move || worker.run(receiver))
+        .context("cannot start the model thread")?;
+    Ok((queue, handle))
+}
+
+struct Worker<B: Backend> {
+    model: Loaded<B>,
+    architecture: Architecture,
+    pooling: Pooling,
+    pad: u32,
+    max_batch_tokens: usize,
+    waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    device: Device<B>,
+}
+
+impl<B: Backend> Worker<B> {
+    fn run(self, receiver: Receiver<Job>) {
+        while let Ok(first) = receiver.recv() {
+            let mut tokens = first.tokens();
+            let mut jobs = vec![first];
+            while tokens < self.max_batch_tokens {
+                match receiver.try_recv() {
+                    Ok(job) => {
+                        tokens += job.tokens();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let taken = jobs.len();
+            let left = self
+                .waiting
+                .fetch_sub(taken, Ordering::SeqCst)
+                .saturating_sub(taken);
+            self.metrics.queue_size.set(left as i64);
+            self.answer(jobs);
+        }
+    }
+
+    /// Runs the rows of `jobs`, longest first, in forward passes within the token budget, and
+    /// answers every job.
+    fn answer(&self, jobs: Vec<Job>) {
+        let mut order: Vec<(usize, usize)> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| (0..job.rows.len()).map(move |r| (j, r)))
+            .collect();
+        order.sort_by_key(|&(j, r)| std::cmp::Reverse(jobs[j].rows[r].input_ids.len()));
+        let mut outputs: Vec<Vec<Option<RowOutput>>> =
+            jobs.iter().map(|j| vec![None; j.rows.len()]).collect();
+        let mut failure = None;
+        let mut start = 0;
+        while start < order.len() {
+            // Longest first: a chunk's first row sets its padded length.
+            let longest = jobs[order[start].0].rows[order[start].1]
+                .input_ids
+                .len()
+                .max(1);
+            let fit = (self.max_batch_tokens / longest).max(1);
+            let chunk = &order[start..(start + fit).min(order.len())];
+            let rows: Vec<&Row> = chunk.iter().map(|&(j, r)| &jobs[j].rows[r]).collect();
+            match self.forward(&rows) {
+                Ok(results) => {
+                    for (&(j, r), out) in chunk.iter().zip(results) {
+                        outputs[j][r] = Some(out);
+                    }
+                }
+                Err(e) => failure = Some(format!("{e:#}")),
+            }
+            start += chunk.len();
+        }
+        for (job, outs) in jobs.into_iter().zip(outputs) {
+            let reply = match (&failure, outs.into_iter().collect::<Option<Vec<_>>>()) {
+                (None, Some(outs)) => Ok(outs),
+                (Some(why), _) => Err(why.clone()),
+                (None, None) => Err("a row was not run".to_string()),
+            };
+            // The client may have gone: nothing to do then.
+            let _ = job.reply.send(reply);
+        }
+    }
+
+    /// One forward pass over `rows`: each row's pooled embedding and logits.
+    fn forward(&self, rows: &[&Row]) -> Result<Vec<RowOutput>> {
+        let started = Instant::now();
+        let masks: Vec<Vec<u32>> = rows.iter().map(|r| vec![1; r.input_ids.len()]).collect();
+        let batch = pad_rows(
+            rows.iter().zip(&masks).map(|(r, m)| {
+                (
+                    r.input_ids.as_slice(),
+                    r.token_type_ids.as_slice(),
+                    m.as_slice(),
+                )
+            }),
+            self.pad,
+            Padding::default(),
+        );
+        let input = BertInput::from_rows(
+            &batch.input_ids,
+            &batch.token_type_ids,
+            &batch.attention_mask,
+            &self.device,
+        );
+        let mask = input
+            .attention_mask
+            .clone()
+            .context("BertInput::from_rows sets the mask")?;
+        let forwarded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.model.forward(input, false)
+        }))
+        .map_err(|_| anyhow::anyhow!("the forward pass panicked"))?;
+        let hidden = forwarded.bert.last_hidden_state;
+        let pooled = match self.pooling {
+            Pooling::Mean => bert_model::masked_mean(hidden, mask),
+            Pooling::Cls => {
+                let [n, _, width] = hidden.dims();
+                hidden.slice([0..n, 0..1, 0..width]).reshape([n, width])
+            }
+        };
+        let embeddings = host_rows(pooled)?;
+        let logits = match self.architecture {
+            Architecture::SequenceClassification => forwarded
+                .heads
+                .into_iter()
+                .find_map(|(name, out)| match (name, out) {
+                    ("seqcls_logits", HeadOutput::Rank2(t)) => Some(t),
+                    _ => None,
+                })
+                .map(host_rows)
+                .transpose()?,
+            _ => None,
+        };
+        self.metrics.observe_batch(
+            rows.len(),
+            rows.iter().map(|r| r.input_ids.len()).sum(),
+            started.elapsed(),
+        );
+        Ok(embeddings
+            .into_iter()
+            .enumerate()
+            .map(|(i, embedding)| RowOutput {
+                embedding,
+                logits: logits.as_ref().and_then(|l| l.get(i).cloned()),
+            })
+            .collect())
+    }
+}
+
+/// The rows of a `[n, width]` tensor, on the host.
+fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
+    let [_, width] = t.dims();
+    let values: Vec<f32> = t
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("cannot read the model's output: {e:?}"))?;
+    Ok(values.chunks(width.max(1)).map(<[f32]>::to_vec).collect())
+}
