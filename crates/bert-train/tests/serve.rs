@@ -3,7 +3,10 @@
 //! the queue under concurrent clients, and SIGTERM with requests in flight.
 
 mod common;
+#[path = "common/encode.rs"]
+mod encode;
 use common::*;
+use encode::Tensors;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -100,26 +103,6 @@ fn rows(values: &[f32], width: usize) -> Vec<Vec<f32>> {
     values.chunks(width).map(<[f32]>::to_vec).collect()
 }
 
-/// An integer tensor of a safetensors file (i64 or i32), as i64.
-fn ints(path: &Path, name: &str) -> Vec<i64> {
-    let bytes = std::fs::read(path).expect("safetensors");
-    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
-    let view = st.tensor(name).expect("the tensor");
-    match view.dtype() {
-        safetensors::Dtype::I64 => view
-            .data()
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        safetensors::Dtype::I32 => view
-            .data()
-            .chunks_exact(4)
-            .map(|c| i64::from(i32::from_le_bytes(c.try_into().expect("4 bytes"))))
-            .collect(),
-        other => panic!("{name}: {other:?}"),
-    }
-}
-
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()
@@ -163,8 +146,11 @@ fn embed_matches_bert_encode_and_bad_requests_get_their_status() {
     let output = over_lines("encode", &model, &lines, dir.path(), "out.safetensors");
     let encoded = read_tensors(&output);
     let pooled = rows(&encoded["mean_pooled"], 384);
-    let masks = ints(&output, "attention_mask");
-    let input_ids = ints(&output, "input_ids");
+    let tensors = Tensors::open(&output);
+    let as_ints =
+        |name: &str| -> Vec<i64> { tensors.get(name).1.into_iter().map(|v| v as i64).collect() };
+    let masks = as_ints("attention_mask");
+    let input_ids = as_ints("input_ids");
     let seq = masks.len() / SENTENCES.len();
 
     let server = Server::start(&model, &["--payload-limit", "4000"]);

@@ -265,6 +265,17 @@ fn predict_inputs(value: &Value) -> Result<Vec<(String, Option<String>)>, ApiErr
     }
 }
 
+/// 422 for more than `--max-client-batch-size` inputs.
+fn within_batch_limit(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
+    if inputs > limits.max_client_batch_size {
+        return Err(ApiError::validation(format!(
+            "{inputs} inputs, more than --max-client-batch-size {}",
+            limits.max_client_batch_size
+        )));
+    }
+    Ok(())
+}
+
 /// Tokenizes `inputs` (off the async threads), checking the request limits: the inputs'
 /// rows.
 async fn rows(
@@ -280,13 +291,7 @@ async fn rows(
             "the batch is empty",
         ));
     }
-    if inputs.len() > limits.max_client_batch_size {
-        return Err(ApiError::validation(format!(
-            "{} inputs, more than --max-client-batch-size {}",
-            inputs.len(),
-            limits.max_client_batch_size
-        )));
-    }
+    within_batch_limit(&limits, inputs.len())?;
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         inputs
@@ -549,13 +554,7 @@ async fn tokenize(
 ) -> Answer {
     let request: Value = parse(&shared, body)?;
     let inputs = texts(&request["inputs"], "inputs")?;
-    if inputs.len() > shared.limits.max_client_batch_size {
-        return Err(ApiError::validation(format!(
-            "{} inputs, more than --max-client-batch-size {}",
-            inputs.len(),
-            shared.limits.max_client_batch_size
-        )));
-    }
+    within_batch_limit(&shared.limits, inputs.len())?;
     let mut all = Vec::new();
     for (i, text) in inputs.iter().enumerate() {
         let e = shared.tokenizer.encode(text, None).map_err(|e| {
