@@ -133,24 +133,6 @@ fn read_json(path: &Path) -> serde_json::Value {
     .expect("json")
 }
 
-/// CoNLL sentences: words w5..w8 are single-word `B-PER` entities, pairs w15 w16 a two-word
-/// `B-LOC I-LOC`, everything else (w40..w60) `O`.
-fn write_conll(path: &Path, sentences: usize, seed: u64) {
-    let mut rng = Lcg(seed);
-    let mut text = String::new();
-    for _ in 0..sentences {
-        for _ in 0..4 + rng.next(4) {
-            match rng.next(4) {
-                0 => text.push_str(&format!("w{}\tB-PER\n", 5 + rng.next(4))),
-                1 => text.push_str("w15\tB-LOC\nw16\tI-LOC\n"),
-                _ => text.push_str(&format!("w{}\tO\n", 40 + rng.next(21))),
-            }
-        }
-        text.push('\n');
-    }
-    std::fs::write(path, text).expect("conll");
-}
-
 #[test]
 fn token_classification_learns_entities_and_predicts_spans() {
     let dir = tempfile::tempdir().expect("tempdir");

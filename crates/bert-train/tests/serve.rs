@@ -5,8 +5,11 @@
 mod common;
 #[path = "common/encode.rs"]
 mod encode;
+#[path = "common/tasks.rs"]
+mod tasks;
 use common::*;
 use encode::Tensors;
+use tasks::{task_config, write_conll, write_squad};
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -143,7 +146,7 @@ fn embed_matches_bert_encode_and_bad_requests_get_their_status() {
     let model = minilm_dir();
     let dir = tempfile::tempdir().expect("tempdir");
     let lines: Vec<Value> = SENTENCES.iter().map(|s| json!({"text": s})).collect();
-    let output = over_lines("encode", &model, &lines, dir.path(), "out.safetensors");
+    let output = over_lines("encode", &model, &lines, dir.path(), "out.safetensors", &[]);
     let encoded = read_tensors(&output);
     let pooled = rows(&encoded["mean_pooled"], 384);
     let tensors = Tensors::open(&output);
@@ -456,9 +459,16 @@ fn fine_tuned(dir: &Path, name: &str, regression: bool) -> PathBuf {
     dir.join(name).join("final")
 }
 
-/// Runs `bert COMMAND --model MODEL --input IN.jsonl --output dir/OUTPUT` over `lines`
-/// (JSONL objects); the output's path.
-fn over_lines(command: &str, model: &Path, lines: &[Value], dir: &Path, output: &str) -> PathBuf {
+/// Runs `bert COMMAND --model MODEL --input IN.jsonl --output dir/OUTPUT EXTRA…` over
+/// `lines` (JSONL objects); the output's path.
+fn over_lines(
+    command: &str,
+    model: &Path,
+    lines: &[Value],
+    dir: &Path,
+    output: &str,
+    extra: &[&str],
+) -> PathBuf {
     let input = dir.join(format!("{output}.in.jsonl"));
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     std::fs::write(&input, text.join("\n")).expect("input");
@@ -471,18 +481,26 @@ fn over_lines(command: &str, model: &Path, lines: &[Value], dir: &Path, output: 
         input.to_str().expect("utf8"),
         "--output",
         output.to_str().expect("utf8"),
-    ]);
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .collect::<Vec<_>>());
     output
 }
 
-/// `bert predict` of `lines` (JSONL objects) with the model in `model`.
-fn predicted(dir: &Path, model: &Path, lines: &[Value]) -> Vec<Value> {
-    let output = over_lines("predict", model, lines, dir, "predicted.jsonl");
+/// `bert predict EXTRA…` of `lines` (JSONL objects) with the model in `model`.
+fn predicted_with(dir: &Path, model: &Path, lines: &[Value], extra: &[&str]) -> Vec<Value> {
+    let output = over_lines("predict", model, lines, dir, "predicted.jsonl", extra);
     std::fs::read_to_string(&output)
         .expect("output")
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect()
+}
+
+/// `bert predict` of `lines` (JSONL objects) with the model in `model`.
+fn predicted(dir: &Path, model: &Path, lines: &[Value]) -> Vec<Value> {
+    predicted_with(dir, model, lines, &[])
 }
 
 /// `/predict` gives `bert predict`'s label probabilities (all labels, best first), for texts
@@ -558,4 +576,167 @@ fn predict_and_rerank_match_bert_predict() {
     }
     let (_, regression) = server.post("/predict", &json!({"inputs": "w5 w6"}));
     assert!(regression[0]["score"].is_number(), "{regression}");
+}
+
+/// Asserts that `got` equals `want` but for numbers, which must agree within 1e-5.
+fn same_json(got: &Value, want: &Value, at: &str) {
+    match (got, want) {
+        (Value::Number(a), Value::Number(b)) => {
+            let (a, b) = (a.as_f64().expect("f64"), b.as_f64().expect("f64"));
+            assert!((a - b).abs() < 1e-5, "{at}: {a} vs {b}");
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            assert_eq!(a.len(), b.len(), "{at}: {got} vs {want}");
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                same_json(x, y, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            let keys = |o: &serde_json::Map<String, Value>| o.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(a), keys(b), "{at}: {got} vs {want}");
+            for (k, x) in a {
+                same_json(x, &b[k], &format!("{at}.{k}"));
+            }
+        }
+        _ => assert_eq!(got, want, "{at}"),
+    }
+}
+
+/// `/fill-mask` gives `bert fill-mask`'s candidates, one text or several; `/ner` and `/qa`
+/// give `bert predict`'s answers on models fine-tuned here (entities with character spans;
+/// answers chosen over several windows, top-k); each route refuses a model without its head.
+#[test]
+fn fill_mask_ner_and_qa_match_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mlm = root().join("tests/fixtures/tiny-bert/BertForMaskedLM");
+    let texts = ["w7 [MASK] w9 w11", "[MASK] w20 w33 [MASK] w5"];
+    let server = Server::start(&mlm, &[]);
+    let mut singles = Vec::new();
+    for text in texts {
+        let out = ok(&[
+            "fill-mask",
+            "--model",
+            mlm.to_str().expect("utf8"),
+            text,
+            "--top-k",
+            "3",
+            "--json",
+        ]);
+        let want: Value = serde_json::from_str(&out).expect("json");
+        let (status, got) = server.post("/fill-mask", &json!({"inputs": text, "top_k": 3}));
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(
+            got.as_array().expect("masks").len(),
+            text.matches("[MASK]").count()
+        );
+        same_json(&got, &want, text);
+        singles.push(got);
+    }
+    let (status, both) = server.post("/fill-mask", &json!({"inputs": texts, "top_k": 3}));
+    assert_eq!(status, 200, "{both}");
+    same_json(&both, &json!(singles), "batch");
+    for (route, body, needle) in [
+        ("/fill-mask", json!({"inputs": "w5 w6"}), "no [MASK]"),
+        (
+            "/fill-mask",
+            json!({"inputs": "w5 [MASK]", "top_k": 0}),
+            "top_k",
+        ),
+        ("/ner", json!({"inputs": "w5 w6"}), "token-classification"),
+        (
+            "/qa",
+            json!({"question": "w5", "context": "w6"}),
+            "question-answering",
+        ),
+    ] {
+        let (status, answer) = server.post(route, &body);
+        assert_eq!(status, 422, "{route}: {answer}");
+        let message = answer["error"].as_str().expect("error");
+        assert!(message.contains(needle), "{route}: {message}");
+        server.healthy();
+    }
+    drop(server);
+
+    let (train, dev) = (dir.path().join("train.conll"), dir.path().join("dev.conll"));
+    write_conll(&train, 64, 1);
+    write_conll(&dev, 8, 2);
+    let config = task_config(
+        dir.path(),
+        "ner",
+        "token-classification",
+        (&train, &dev),
+        "max_length = 24",
+        "epochs = 8\nbatch_size = 8",
+    );
+    ok(&["finetune", "--config", config.to_str().expect("utf8")]);
+    let tagger = dir.path().join("ner/final");
+    let texts = ["w40 w7 w41 w15 w16", "w5 w50  w6", "w15 w16 w42 w8 w44 w45"];
+    let lines: Vec<Value> = texts.iter().map(|t| json!({"text": t})).collect();
+    let want = predicted(dir.path(), &tagger, &lines);
+    let entities: usize = want
+        .iter()
+        .map(|w| w["entities"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert!(entities > 0, "the tagger finds entities: {want:?}");
+    let server = Server::start(&tagger, &[]);
+    let (status, got) = server.post("/ner", &json!({"inputs": texts}));
+    assert_eq!(status, 200, "{got}");
+    same_json(&got, &json!(want), "/ner");
+    let (_, one) = server.post("/ner", &json!({"inputs": texts[0]}));
+    same_json(&one, &want[0], "/ner one text");
+    drop(server);
+
+    let (train, dev) = (dir.path().join("train.json"), dir.path().join("dev.json"));
+    write_squad(&train, 48, 3);
+    write_squad(&dev, 8, 4);
+    let config = task_config(
+        dir.path(),
+        "qa",
+        "question-answering",
+        (&train, &dev),
+        "max_length = 12\ndoc_stride = 4",
+        "epochs = 4\nbatch_size = 8",
+    );
+    ok(&["finetune", "--config", config.to_str().expect("utf8")]);
+    let reader = dir.path().join("qa/final");
+    // 12-token windows: the first context (14 tokens with the question) makes two.
+    let questions = [
+        ("w61 w62", "w41 w42 w9 w43 w44 w45 w46 w47 w48"),
+        ("w61 w62", "w50 w7 w51"),
+    ];
+    let lines: Vec<Value> = questions
+        .iter()
+        .map(|(q, c)| json!({"question": q, "context": c}))
+        .collect();
+    let want = predicted_with(
+        dir.path(),
+        &reader,
+        &lines,
+        &["--max-length", "12", "--top-k", "3"],
+    );
+    let server = Server::start(&reader, &["--max-input-length", "12"]);
+    let (status, got) = server.post(
+        "/qa",
+        &json!({
+            "question": questions.iter().map(|q| q.0).collect::<Vec<_>>(),
+            "context": questions.iter().map(|q| q.1).collect::<Vec<_>>(),
+            "top_k": 3,
+        }),
+    );
+    assert_eq!(status, 200, "{got}");
+    same_json(&got, &json!(want), "/qa");
+    assert!(
+        want[0]["top_k"].as_array().expect("top_k").len() > 1,
+        "{want:?}"
+    );
+    let (_, one) = server.post(
+        "/qa",
+        &json!({"question": "w61 w62", "context": questions[0].1}),
+    );
+    let mut best = want[0].clone();
+    best.as_object_mut().expect("object").remove("top_k");
+    same_json(&one, &best, "/qa one question");
+    let (status, _) = server.post("/qa", &json!({"question": ["a", "b"], "context": ["c"]}));
+    assert_eq!(status, 422);
+    server.healthy();
 }

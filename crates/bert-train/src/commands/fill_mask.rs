@@ -6,9 +6,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use bert_data::BertTokenizer;
 use bert_model::{BertForMaskedLM, BertForPreTraining, BertInput, LoadOptions, load_pretrained};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::backend::BackendKind;
 use bert_model::Architecture;
@@ -70,6 +69,44 @@ fn mlm_logits<B: Backend>(
     })
 }
 
+/// The positions of `[MASK]` in `ids`; an error when there is none.
+pub(crate) fn mask_positions(tokenizer: &BertTokenizer, ids: &[u32]) -> Result<Vec<usize>> {
+    let mask_id = tokenizer.mask_id()?;
+    let positions: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == mask_id).collect();
+    if positions.is_empty() {
+        bail!("the text has no [MASK] token");
+    }
+    Ok(positions)
+}
+
+/// The `top_k` most likely tokens at `position` of `ids`, by the softmax of that position's
+/// vocabulary `logits`, with the text each one makes.
+pub(crate) fn top_candidates(
+    tokenizer: &BertTokenizer,
+    ids: &[u32],
+    position: usize,
+    logits: &[f32],
+    top_k: usize,
+) -> Result<Vec<Candidate>> {
+    let probs = crate::finetune::softmax(logits);
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let mut list = Vec::new();
+    for &id in order.iter().take(top_k.max(1)) {
+        let mut filled = ids.to_vec();
+        if let Some(slot) = filled.get_mut(position) {
+            *slot = id as u32;
+        }
+        list.push(Candidate {
+            score: probs[id],
+            token: id as u32,
+            token_str: tokenizer.decode(&[id as u32], false)?,
+            sequence: tokenizer.decode(&filled, true)?,
+        });
+    }
+    Ok(list)
+}
+
 fn candidates<B: Backend>(
     dir: &std::path::Path,
     args: &FillMaskArgs,
@@ -82,14 +119,8 @@ fn candidates<B: Backend>(
             config.max_position_embeddings,
             bert_data::Truncation::LongestFirst,
         )?;
-    let mask_id = tokenizer.mask_id()?;
     let encoded = tokenizer.encode(&args.text, None)?;
-    let positions: Vec<usize> = (0..encoded.len())
-        .filter(|&i| encoded.input_ids[i] == mask_id)
-        .collect();
-    if positions.is_empty() {
-        bail!("the text has no [MASK] token");
-    }
+    let positions = mask_positions(&tokenizer, &encoded.input_ids)?;
     let row = |v: &[u32]| vec![v.iter().map(|&x| i64::from(x)).collect::<Vec<i64>>()];
     let input = BertInput::<B>::from_rows(
         &row(&encoded.input_ids),
@@ -99,30 +130,19 @@ fn candidates<B: Backend>(
     );
     let logits = mlm_logits(architecture_of(&config), dir, input, device)?;
     let [_, seq, vocab] = logits.dims();
-    let probs: Vec<f32> = softmax(logits.reshape([seq, vocab]), 1)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .map_err(|e| anyhow::anyhow!("cannot read logits: {e:?}"))?;
-    let mut out = Vec::new();
-    for &p in &positions {
-        let row = &probs[p * vocab..(p + 1) * vocab];
-        let mut order: Vec<usize> = (0..vocab).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        let mut list = Vec::new();
-        for &id in order.iter().take(args.top_k.max(1)) {
-            let mut ids = encoded.input_ids.clone();
-            ids[p] = id as u32;
-            list.push(Candidate {
-                score: row[id],
-                token: id as u32,
-                token_str: tokenizer.decode(&[id as u32], false)?,
-                sequence: tokenizer.decode(&ids, true)?,
-            });
-        }
-        out.push(list);
-    }
-    Ok(out)
+    let at = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            positions.iter().map(|&p| p as i64).collect::<Vec<_>>(),
+            [positions.len()],
+        ),
+        device,
+    );
+    let picked = crate::finetune::host(logits.reshape([seq, vocab]).select(0, at))?;
+    positions
+        .iter()
+        .zip(picked.chunks(vocab.max(1)))
+        .map(|(&p, logits)| top_candidates(&tokenizer, &encoded.input_ids, p, logits, args.top_k))
+        .collect()
 }
 
 /// `bert fill-mask`.

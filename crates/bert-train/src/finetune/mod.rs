@@ -10,10 +10,10 @@
 
 mod choice;
 pub mod order;
-mod qa;
+pub(crate) mod qa;
 mod sequence;
 mod task;
-mod token;
+pub(crate) mod token;
 
 use std::path::{Path, PathBuf};
 

@@ -17,6 +17,23 @@ use burn::tensor::{Device, Tensor};
 use super::{BatchLoss, PredictLine, PredictOptions, Setup, first, host, input_of, targets};
 use crate::metrics;
 
+/// A question's windows (`tokenizer` cuts the context with its doc stride).
+pub(crate) fn question_windows(
+    tokenizer: &BertTokenizer,
+    question: &str,
+    context: &str,
+) -> Result<Vec<QaFeature>, bert_data::DataError> {
+    let example = QaExample {
+        id: String::new(),
+        title: String::new(),
+        question: question.to_string(),
+        context: context.to_string(),
+        answers: Vec::new(),
+        is_impossible: true,
+    };
+    encode_example(tokenizer, &example, 0)
+}
+
 fn features(
     path: &Path,
     examples: &[QaExample],
@@ -81,7 +98,7 @@ fn mask_padding<B: Backend>(
 
 /// The best answer of a question over its windows.
 #[derive(Debug, Clone)]
-struct Answer {
+pub(crate) struct Answer {
     text: String,
     /// Start + end logit (what is compared across windows, as transformers' run_qa).
     score: f32,
@@ -116,36 +133,77 @@ fn answers<B: Backend>(
         let (s, e) = (host(s)?, host(e)?);
         for (r, f) in chunk.iter().enumerate() {
             let n = f.encoding.len();
-            let (sl, el) = (&s[r * t..r * t + n], &e[r * t..r * t + n]);
-            let norm = log_sum_exp(sl) + log_sum_exp(el);
             let context = &examples[f.example_index].context;
-            for (score, a, b) in
-                best_spans(sl, el, &f.context_offsets, n_best, max_answer_length, k)
-            {
-                let candidate = Answer {
-                    text: span_text(context, &f.context_offsets, a, b).unwrap_or_default(),
-                    score,
-                    probability: (score - norm).exp(),
-                    start: f.context_offsets[a].map_or(0, |o| o.0),
-                    end: f.context_offsets[b].map_or(0, |o| o.1),
-                };
-                let list = &mut found[f.example_index];
-                match list
-                    .iter_mut()
-                    .find(|x| (x.start, x.end) == (candidate.start, candidate.end))
-                {
-                    Some(same) if candidate.score > same.score => *same = candidate,
-                    Some(_) => {}
-                    None => list.push(candidate),
-                }
-            }
+            add_window_answers(
+                &mut found[f.example_index],
+                f,
+                context,
+                (&s[r * t..r * t + n], &e[r * t..r * t + n]),
+                (n_best, max_answer_length, k),
+            );
         }
     }
     for list in &mut found {
-        list.sort_by(|a, b| b.score.total_cmp(&a.score));
-        list.truncate(k);
+        best_answers(list, k);
     }
     Ok(found)
+}
+
+/// Adds the best `k` spans of one window (its `(start, end)` logits over its real tokens) to
+/// its question's `list`; a span already there keeps the better score.
+pub(crate) fn add_window_answers(
+    list: &mut Vec<Answer>,
+    window: &QaFeature,
+    context: &str,
+    (start_logits, end_logits): (&[f32], &[f32]),
+    (n_best, max_answer_length, k): (usize, usize, usize),
+) {
+    let norm = log_sum_exp(start_logits) + log_sum_exp(end_logits);
+    let offsets = &window.context_offsets;
+    for (score, a, b) in best_spans(
+        start_logits,
+        end_logits,
+        offsets,
+        n_best,
+        max_answer_length,
+        k,
+    ) {
+        let candidate = Answer {
+            text: span_text(context, offsets, a, b).unwrap_or_default(),
+            score,
+            probability: (score - norm).exp(),
+            start: offsets[a].map_or(0, |o| o.0),
+            end: offsets[b].map_or(0, |o| o.1),
+        };
+        match list
+            .iter_mut()
+            .find(|x| (x.start, x.end) == (candidate.start, candidate.end))
+        {
+            Some(same) if candidate.score > same.score => *same = candidate,
+            Some(_) => {}
+            None => list.push(candidate),
+        }
+    }
+}
+
+/// Keeps a question's best `k` answers, best first.
+pub(crate) fn best_answers(list: &mut Vec<Answer>, k: usize) {
+    list.sort_by(|a, b| b.score.total_cmp(&a.score));
+    list.truncate(k);
+}
+
+/// `{"answer", "start", "end", "score"}` of a question's best answer (empty when none), with
+/// `"top_k"` listing every answer in `list` when `top_k > 1`.
+pub(crate) fn answer_json(list: &[Answer], top_k: usize) -> serde_json::Value {
+    let json = |a: &Answer| serde_json::json!({"answer": a.text, "start": a.start, "end": a.end, "score": a.probability});
+    let mut value = match list.first() {
+        Some(a) => json(a),
+        None => serde_json::json!({"answer": "", "start": null, "end": null, "score": 0.0}),
+    };
+    if top_k > 1 {
+        value["top_k"] = list.iter().map(json).collect();
+    }
+    value
 }
 
 fn evaluate<B: Backend>(
@@ -296,18 +354,8 @@ pub(crate) fn predict<B: Backend>(
         pad,
         device,
     )?;
-    let json = |a: &Answer| serde_json::json!({"answer": a.text, "start": a.start, "end": a.end, "score": a.probability});
     Ok(found
-        .into_iter()
-        .map(|list| {
-            let mut value = match list.first() {
-                Some(a) => json(a),
-                None => serde_json::json!({"answer": "", "start": null, "end": null, "score": 0.0}),
-            };
-            if args.top_k > 1 {
-                value["top_k"] = list.iter().map(json).collect();
-            }
-            value
-        })
+        .iter()
+        .map(|list| answer_json(list, args.top_k))
         .collect())
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use bert_data::BertTokenizer;
+use bert_data::Encoded;
 use bert_data::tasks::token_classification::{
     TaggedSentence, TokenClassificationFeature, encode_sentence, read_token_classification,
     tag_set, word_predictions,
@@ -84,7 +85,26 @@ fn loss<B: Backend>(
 }
 
 /// Per word: `(tag id, probability)`, `None` for words cut off by truncation.
-type WordTags = Vec<Option<(usize, f32)>>;
+pub(crate) type WordTags = Vec<Option<(usize, f32)>>;
+
+/// Per word of `encoding`'s `num_words` words: the best tag and its probability, read from
+/// the first piece's `labels` logits (`logits`: `[encoding.len(), labels]`, row-major).
+pub(crate) fn tags_of_words(
+    encoding: &Encoded,
+    logits: &[f32],
+    labels: usize,
+    num_words: usize,
+) -> WordTags {
+    let per_token: Vec<(usize, f32)> = logits
+        .chunks(labels.max(1))
+        .map(|row| {
+            let p = super::softmax(row);
+            let k = super::argmax(&p);
+            (k, p[k])
+        })
+        .collect();
+    word_predictions(encoding, &per_token, num_words)
+}
 
 /// Per-word tags of each feature.
 fn word_tags<B: Backend>(
@@ -105,15 +125,9 @@ fn word_tags<B: Backend>(
         let c = logits.dims()[2];
         let v = host(logits)?;
         for (r, (f, &n)) in chunk.iter().zip(words).enumerate() {
-            let per_token: Vec<(usize, f32)> = (0..f.encoding.len())
-                .map(|i| {
-                    let start = (r * seq_len + i) * c;
-                    let p = super::softmax(&v[start..start + c]);
-                    let k = super::argmax(&p);
-                    (k, p[k])
-                })
-                .collect();
-            out.push(word_predictions(&f.encoding, &per_token, n));
+            let start = r * seq_len * c;
+            let logits = &v[start..start + f.encoding.len() * c];
+            out.push(tags_of_words(&f.encoding, logits, c, n));
         }
     }
     Ok(out)
@@ -257,9 +271,80 @@ pub(crate) fn evaluate_dir<B: Backend>(
     )
 }
 
-/// `bert predict`: `{"entities": [{"entity", "start", "end", "text", "score"}]}` with character
-/// spans for `{"text"}` lines, word spans (`start_word`, `end_word`, inclusive) for
-/// `{"tokens"}` lines; `tags` lists every word's tag.
+/// The character span of each word of a text's `encoding` (its word ids and offsets).
+pub(crate) fn word_spans(encoding: &Encoded) -> Vec<(usize, usize)> {
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (w, off) in encoding.word_ids.iter().zip(&encoding.offsets) {
+        if let Some(w) = w {
+            let w = *w as usize;
+            if w >= spans.len() {
+                spans.resize(w + 1, (usize::MAX, 0));
+            }
+            spans[w].0 = spans[w].0.min(off.0);
+            spans[w].1 = spans[w].1.max(off.1);
+        }
+    }
+    spans
+}
+
+/// The words a prediction names its entities by.
+pub(crate) enum Words<'a> {
+    /// Raw text and each word's character span in it: entities get `start`/`end` characters.
+    Text(&'a str, &'a [(usize, usize)]),
+    /// Pre-split words: entities get `start_word`/`end_word` (inclusive).
+    Tokens(&'a [&'a str]),
+}
+
+/// `{"entities": [{"entity", "score", "text", spans}], "tags": [every word's tag]}`: the
+/// entities (seqeval's IOB rules) of one input's word tags; an entity's score is the mean
+/// probability of its words.
+pub(crate) fn entities_json(
+    tags: &[String],
+    predicted: &WordTags,
+    words: &Words,
+) -> serde_json::Value {
+    let names: Vec<&str> = predicted
+        .iter()
+        .map(|w| w.map_or("O", |(k, _)| tags.get(k).map_or("O", String::as_str)))
+        .collect();
+    let mut entities = Vec::new();
+    for (kind, a, b) in metrics::entities(&names) {
+        let score = (a..=b)
+            .filter_map(|i| predicted[i].map(|(_, p)| p))
+            .sum::<f32>()
+            / (b - a + 1) as f32;
+        let mut e = serde_json::json!({"entity": kind, "score": score});
+        match words {
+            Words::Text(text, spans) => {
+                let (start, end) = (spans[a].0, spans[b].1);
+                e["start"] = start.into();
+                e["end"] = end.into();
+                e["text"] = text
+                    .chars()
+                    .skip(start)
+                    .take(end.saturating_sub(start))
+                    .collect::<String>()
+                    .into();
+            }
+            Words::Tokens(tokens) => {
+                e["start_word"] = a.into();
+                e["end_word"] = b.into();
+                e["text"] = tokens[a..=b].join(" ").into();
+            }
+        }
+        entities.push(e);
+    }
+    serde_json::json!({"entities": entities, "tags": names})
+}
+
+/// A predict line's words: pre-split, or a text's word character spans.
+enum Line<'a> {
+    Tokens(Vec<&'a str>),
+    Text(Vec<(usize, usize)>),
+}
+
+/// `bert predict`: [`entities_json`] of each line, with character spans for `{"text"}` lines
+/// and word spans for `{"tokens"}` lines.
 pub(crate) fn predict<B: Backend>(
     dir: &Path,
     tokenizer: &BertTokenizer,
@@ -274,8 +359,7 @@ pub(crate) fn predict<B: Backend>(
     for chunk in lines.chunks(args.batch_size.max(1)) {
         let mut features = Vec::new();
         let mut words = Vec::new();
-        // Word character spans (text input) — `None` for pre-split tokens.
-        let mut spans: Vec<Option<Vec<(usize, usize)>>> = Vec::new();
+        let mut inputs: Vec<Line> = Vec::new();
         for l in chunk {
             let at = || format!("{}:{}", args.input.display(), l.line);
             if let Some(tokens) = l.value["tokens"].as_array() {
@@ -288,72 +372,30 @@ pub(crate) fn predict<B: Backend>(
                     .collect::<Result<_>>()?;
                 let encoding = tokenizer.encode_words(&tokens).with_context(at)?;
                 words.push(tokens.len());
-                spans.push(None);
                 features.push(TokenClassificationFeature {
                     labels: vec![-100; encoding.len()],
                     encoding,
                 });
+                inputs.push(Line::Tokens(tokens));
             } else {
                 let text = super::field(&args.input, l, "text")?;
                 let encoding = tokenizer.encode(text, None).with_context(at)?;
-                let mut word_spans: Vec<(usize, usize)> = Vec::new();
-                for (w, off) in encoding.word_ids.iter().zip(&encoding.offsets) {
-                    if let Some(w) = w {
-                        let w = *w as usize;
-                        if w >= word_spans.len() {
-                            word_spans.resize(w + 1, (usize::MAX, 0));
-                        }
-                        word_spans[w].0 = word_spans[w].0.min(off.0);
-                        word_spans[w].1 = word_spans[w].1.max(off.1);
-                    }
-                }
-                words.push(word_spans.len());
-                spans.push(Some(word_spans));
+                let spans = word_spans(&encoding);
+                words.push(spans.len());
                 features.push(TokenClassificationFeature {
                     labels: vec![-100; encoding.len()],
                     encoding,
                 });
+                inputs.push(Line::Text(spans));
             }
         }
         let predicted = word_tags(&model, &features, &words, args.batch_size, pad, device)?;
-        for ((l, word_preds), span) in chunk.iter().zip(&predicted).zip(&spans) {
-            let names: Vec<&str> = word_preds
-                .iter()
-                .map(|w| w.map_or("O", |(k, _)| tags[k].as_str()))
-                .collect();
-            let mut entities = Vec::new();
-            for (kind, a, b) in metrics::entities(&names) {
-                let score = (a..=b)
-                    .filter_map(|i| word_preds[i].map(|(_, p)| p))
-                    .sum::<f32>()
-                    / (b - a + 1) as f32;
-                let mut e = serde_json::json!({"entity": kind, "score": score});
-                match span {
-                    Some(s) => {
-                        let (start, end) = (s[a].0, s[b].1);
-                        let text = l.value["text"].as_str().unwrap_or("");
-                        e["start"] = start.into();
-                        e["end"] = end.into();
-                        e["text"] = text
-                            .chars()
-                            .skip(start)
-                            .take(end.saturating_sub(start))
-                            .collect::<String>()
-                            .into();
-                    }
-                    None => {
-                        e["start_word"] = a.into();
-                        e["end_word"] = b.into();
-                        let tokens: Vec<&str> = l.value["tokens"]
-                            .as_array()
-                            .map(|t| t[a..=b].iter().filter_map(|x| x.as_str()).collect())
-                            .unwrap_or_default();
-                        e["text"] = tokens.join(" ").into();
-                    }
-                }
-                entities.push(e);
-            }
-            out.push(serde_json::json!({"entities": entities, "tags": names}));
+        for ((l, word_preds), input) in chunk.iter().zip(&predicted).zip(&inputs) {
+            let words = match input {
+                Line::Tokens(tokens) => Words::Tokens(tokens),
+                Line::Text(spans) => Words::Text(l.value["text"].as_str().unwrap_or(""), spans),
+            };
+            out.push(entities_json(&tags, word_preds, &words));
         }
     }
     Ok(out)

@@ -13,7 +13,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bert_data::BertTokenizer;
+use bert_data::{BertTokenizer, Encoded};
+use bert_model::Architecture;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -33,10 +34,12 @@ pub struct Shared {
     pub limits: Limits,
     /// `GET /info`.
     pub info: Value,
-    /// Label names by id, for a sequence-classification model (`None` for regression).
+    /// The same, cutting a question answering context into windows with a doc stride.
+    pub windows: BertTokenizer,
+    /// The model's head.
+    pub architecture: Architecture,
+    /// Label names by id, for a classification head (`None` for regression).
     pub labels: Option<Vec<String>>,
-    /// Whether the model has a sequence-classification head.
-    pub classifies: bool,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// `Authorization: Bearer` key every route but `/health` needs, when set.
@@ -62,6 +65,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/predict", post(predict))
         .route("/rerank", post(rerank))
+        .route("/ner", post(super::tasks::ner))
+        .route("/qa", post(super::tasks::qa))
+        .route("/fill-mask", post(super::tasks::fill_mask))
         .route("/tokenize", post(tokenize))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -83,7 +89,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
         Self {
             status,
             kind,
@@ -91,7 +97,7 @@ impl ApiError {
         }
     }
 
-    fn validation(message: impl Into<String>) -> Self {
+    pub(super) fn validation(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation", message)
     }
 }
@@ -106,7 +112,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type Answer = Result<axum::Json<Value>, ApiError>;
+pub(super) type Answer = Result<axum::Json<Value>, ApiError>;
 
 /// Counts every answer by route and status.
 async fn count(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
@@ -155,8 +161,8 @@ async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such route (POST /embed, /v1/embeddings, /predict, /rerank, /tokenize; GET \
-         /health, /info, /metrics)",
+        "no such route (POST /embed, /v1/embeddings, /predict, /rerank, /ner, /qa, \
+         /fill-mask, /tokenize; GET /health, /info, /metrics)",
     )
 }
 
@@ -187,7 +193,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 /// The body as `T`: 413 over the payload limit, 400 for a body that is not UTF-8 JSON, 422 for
 /// JSON of the wrong shape.
-fn parse<T: DeserializeOwned>(
+pub(super) fn parse<T: DeserializeOwned>(
     shared: &Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -220,7 +226,7 @@ fn parse<T: DeserializeOwned>(
 }
 
 /// One text or a list of them (`field` names it in errors).
-fn texts(value: &Value, field: &str) -> Result<Vec<String>, ApiError> {
+pub(super) fn texts(value: &Value, field: &str) -> Result<Vec<String>, ApiError> {
     match value {
         Value::String(s) => Ok(vec![s.clone()]),
         Value::Array(items) => items
@@ -266,7 +272,7 @@ fn predict_inputs(value: &Value) -> Result<Vec<(String, Option<String>)>, ApiErr
 }
 
 /// 422 for more than `--max-client-batch-size` inputs.
-fn within_batch_limit(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
+pub(super) fn within_batch_limit(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
     if inputs > limits.max_client_batch_size {
         return Err(ApiError::validation(format!(
             "{inputs} inputs, more than --max-client-batch-size {}",
@@ -276,13 +282,13 @@ fn within_batch_limit(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Tokenizes `inputs` (off the async threads), checking the request limits: the inputs'
-/// rows.
-async fn rows(
+/// Tokenizes `inputs` (off the async threads), checking the request limits: an input over
+/// `--max-input-length` is refused, or cut longest first when `truncate`.
+pub(super) async fn encodings(
     shared: &Arc<Shared>,
     inputs: Vec<(String, Option<String>)>,
     truncate: bool,
-) -> Result<Vec<Row>, ApiError> {
+) -> Result<Vec<Encoded>, ApiError> {
     let limits = shared.limits;
     if inputs.is_empty() {
         return Err(ApiError::new(
@@ -323,25 +329,34 @@ async fn rows(
                         .encode(text, pair.as_deref())
                         .map_err(tokenizer_error)?;
                 }
-                Ok(Row {
-                    input_ids: encoded.input_ids,
-                    token_type_ids: encoded.token_type_ids,
-                })
+                Ok(encoded)
             })
             .collect()
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "tokenizer",
-            e.to_string(),
-        )
-    })?
+    .map_err(internal)?
+}
+
+/// A task that could not finish (a panic off the async threads): 500.
+pub(super) fn internal(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+/// [`encodings`] as model rows without per-token outputs.
+async fn rows(
+    shared: &Arc<Shared>,
+    inputs: Vec<(String, Option<String>)>,
+    truncate: bool,
+) -> Result<Vec<Row>, ApiError> {
+    Ok(encodings(shared, inputs, truncate)
+        .await?
+        .into_iter()
+        .map(|e| Row::new(e.input_ids, e.token_type_ids))
+        .collect())
 }
 
 /// Runs `rows` through the model: 429 when the queue is full.
-async fn run(shared: &Shared, rows: Vec<Row>) -> Result<Vec<RowOutput>, ApiError> {
+pub(super) async fn run(shared: &Shared, rows: Vec<Row>) -> Result<Vec<RowOutput>, ApiError> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     shared.queue.submit(Job { rows, reply }).map_err(|_| {
         ApiError::new(
@@ -396,7 +411,7 @@ async fn embed(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejec
 }
 
 /// A boolean field, `default` when absent.
-fn flag(request: &Value, name: &str, default: bool) -> Result<bool, ApiError> {
+pub(super) fn flag(request: &Value, name: &str, default: bool) -> Result<bool, ApiError> {
     match &request[name] {
         Value::Null => Ok(default),
         Value::Bool(b) => Ok(*b),
@@ -434,29 +449,33 @@ async fn openai_embeddings(
     })))
 }
 
-fn needs_classifier(shared: &Shared, route: &str) -> Result<(), ApiError> {
-    if shared.classifies {
+/// 422 unless the model's head is one of `heads` (`route` and `what` name them).
+pub(super) fn needs(
+    shared: &Shared,
+    route: &str,
+    heads: &[Architecture],
+    what: &str,
+) -> Result<(), ApiError> {
+    if heads.contains(&shared.architecture) {
         return Ok(());
     }
     Err(ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "unsupported",
         format!(
-            "{route} needs a sequence-classification model (BertForSequenceClassification); this \
-             one is {}",
-            shared.info["architecture"]
-                .as_str()
-                .unwrap_or("another architecture")
+            "{route} needs {what}; this model is {}",
+            shared.architecture.name()
         ),
     ))
 }
 
-/// Softmax of `logits`.
-fn softmax(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
+fn needs_classifier(shared: &Shared, route: &str) -> Result<(), ApiError> {
+    needs(
+        shared,
+        route,
+        &[Architecture::SequenceClassification],
+        "a sequence-classification model (BertForSequenceClassification)",
+    )
 }
 
 /// `POST /predict`: per input every label with its probability, best first (regression: the
@@ -476,7 +495,7 @@ async fn predict(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRej
             match &shared.labels {
                 None => json!([{"score": logits.first().copied().unwrap_or(f32::NAN)}]),
                 Some(names) => {
-                    let p = softmax(&logits);
+                    let p = crate::finetune::softmax(&logits);
                     let mut order: Vec<usize> = (0..p.len()).collect();
                     order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
                     json!(order

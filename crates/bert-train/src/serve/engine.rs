@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bert_data::{Padding, pad_rows};
-use bert_model::{Architecture, BertConfig, BertInput};
+use bert_model::{BertConfig, BertInput};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
@@ -27,15 +27,54 @@ pub struct Row {
     pub input_ids: Vec<u32>,
     /// Segment ids.
     pub token_type_ids: Vec<u32>,
+    /// The positions whose per-token head logits (token classification, MLM) the request
+    /// needs.
+    pub token_logits: TokenLogits,
+}
+
+impl Row {
+    /// A row that needs no per-token logits.
+    pub fn new(input_ids: Vec<u32>, token_type_ids: Vec<u32>) -> Self {
+        Self {
+            input_ids,
+            token_type_ids,
+            token_logits: TokenLogits::None,
+        }
+    }
+}
+
+/// Which positions of a row get their per-token head logits back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLogits {
+    /// None.
+    None,
+    /// Every real token.
+    All,
+    /// These positions (an MLM's vocabulary-wide logits only where they are needed).
+    At(Vec<usize>),
+}
+
+impl TokenLogits {
+    fn positions(&self, len: usize) -> Vec<usize> {
+        match self {
+            Self::None => Vec::new(),
+            Self::All => (0..len).collect(),
+            Self::At(at) => at.iter().copied().filter(|&p| p < len).collect(),
+        }
+    }
 }
 
 /// What the model gives for one row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RowOutput {
     /// The pooled sentence embedding (the model's [`Pooling`]), not normalized.
     pub embedding: Vec<f32>,
     /// The sequence-classification logits, for a model with that head.
     pub logits: Option<Vec<f32>>,
+    /// The per-token head's logits at the row's [`TokenLogits`] positions, in their order.
+    pub token_logits: Vec<Vec<f32>>,
+    /// The question-answering head's start and end logits over the row's tokens.
+    pub span_logits: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// How token vectors become one sentence embedding: sentence-transformers'
@@ -144,7 +183,6 @@ pub fn start<B: Backend>(
     };
     let worker = Worker {
         model,
-        architecture,
         pooling,
         pad: config.pad_token_id as u32,
         max_batch_tokens: batching.max_batch_tokens.max(1),
@@ -161,7 +199,6 @@ pub fn start<B: Backend>(
 
 struct Worker<B: Backend> {
     model: Loaded<B>,
-    architecture: Architecture,
     pooling: Pooling,
     pad: u32,
     max_batch_tokens: usize,
@@ -275,31 +312,77 @@ impl<B: Backend> Worker<B> {
             }
         };
         let embeddings = host_rows(pooled)?;
-        let logits = match self.architecture {
-            Architecture::SequenceClassification => forwarded
-                .heads
-                .into_iter()
-                .find_map(|(name, out)| match (name, out) {
-                    ("seqcls_logits", HeadOutput::Rank2(t)) => Some(t),
-                    _ => None,
-                })
-                .map(host_rows)
-                .transpose()?,
-            _ => None,
-        };
+        let mut outputs: Vec<RowOutput> = embeddings
+            .into_iter()
+            .map(|embedding| RowOutput {
+                embedding,
+                ..RowOutput::default()
+            })
+            .collect();
+        let [n, seq] = [batch.len(), batch.seq_len];
+        for (name, head) in forwarded.heads {
+            match (name, head) {
+                ("seqcls_logits", HeadOutput::Rank2(t)) => {
+                    for (out, row) in outputs.iter_mut().zip(host_rows(t)?) {
+                        out.logits = Some(row);
+                    }
+                }
+                ("qa_start_logits" | "qa_end_logits", HeadOutput::Rank2(t)) => {
+                    let start = name == "qa_start_logits";
+                    for ((out, values), row) in outputs.iter_mut().zip(host_rows(t)?).zip(rows) {
+                        let values = values[..row.input_ids.len().min(values.len())].to_vec();
+                        let pair = out.span_logits.get_or_insert_with(Default::default);
+                        if start {
+                            pair.0 = values;
+                        } else {
+                            pair.1 = values;
+                        }
+                    }
+                }
+                ("tokcls_logits" | "mlm_logits", HeadOutput::Rank3(t)) => {
+                    self.token_outputs(&mut outputs, rows, t, [n, seq])?;
+                }
+                _ => {}
+            }
+        }
         self.metrics.observe_batch(
             rows.len(),
             rows.iter().map(|r| r.input_ids.len()).sum(),
             started.elapsed(),
         );
-        Ok(embeddings
-            .into_iter()
+        Ok(outputs)
+    }
+
+    /// Reads the per-token logits `[n, seq, width]` at each row's wanted positions: selected
+    /// on the device, so an MLM sends only the masked positions' vocabulary rows.
+    fn token_outputs(
+        &self,
+        outputs: &mut [RowOutput],
+        rows: &[&Row],
+        logits: Tensor<B, 3>,
+        [n, seq]: [usize; 2],
+    ) -> Result<()> {
+        let wanted: Vec<Vec<usize>> = rows
+            .iter()
+            .map(|r| r.token_logits.positions(r.input_ids.len()))
+            .collect();
+        let flat: Vec<i64> = wanted
+            .iter()
             .enumerate()
-            .map(|(i, embedding)| RowOutput {
-                embedding,
-                logits: logits.as_ref().and_then(|l| l.get(i).cloned()),
-            })
-            .collect())
+            .flat_map(|(r, at)| at.iter().map(move |&p| (r * seq + p) as i64))
+            .collect();
+        if flat.is_empty() {
+            return Ok(());
+        }
+        let width = logits.dims()[2];
+        let count = flat.len();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [count]), &self.device);
+        let picked = host_rows(logits.reshape([n * seq, width]).select(0, index))?;
+        let mut picked = picked.into_iter();
+        for (out, at) in outputs.iter_mut().zip(&wanted) {
+            out.token_logits = picked.by_ref().take(at.len()).collect();
+        }
+        Ok(())
     }
 }
 

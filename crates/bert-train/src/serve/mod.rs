@@ -1,6 +1,7 @@
 //! `bert serve`: an HTTP inference server for a model directory, with dynamic batching, in
 //! the shape of Hugging Face's text-embeddings-inference (TEI): `/embed`, `/v1/embeddings`
-//! (OpenAI), `/predict`, `/rerank`, `/tokenize`, `/health`, `/info`, `/metrics` (Prometheus).
+//! (OpenAI), `/predict`, `/rerank`, `/tokenize`, `/health`, `/info`, `/metrics` (Prometheus),
+//! and the other heads' routes as transformers' pipelines answer: `/ner`, `/qa`, `/fill-mask`.
 //!
 //! The model is loaded once, on one thread ([`engine`]) that runs every forward pass; requests
 //! are tokenized on the server's threads, wait in a bounded queue, and are batched together up
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod engine;
 pub mod metrics;
+mod tasks;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,8 +31,15 @@ use anyhow::{Context, Result};
 use bert_data::{BertTokenizer, Truncation};
 use serde_json::json;
 
+use bert_model::Architecture;
+
 use crate::backend::BackendKind;
 use engine::{Batching, Pooling};
+
+/// Tokens per question answering window (when the model and `--max-input-length` allow).
+const QA_WINDOW: usize = 384;
+/// Tokens consecutive windows share (at most a third of the window).
+const QA_STRIDE: usize = 128;
 
 /// What `bert serve` serves and how.
 #[derive(Debug, Clone)]
@@ -89,8 +98,17 @@ pub fn serve(options: &Options) -> Result<()> {
         .with_truncation(max_input_length, Truncation::LongestFirst)?;
     let pooling = Pooling::of_dir(&model_dir)?;
     let architecture = crate::commands::encode::architecture_of(&config);
-    let classifies = architecture == bert_model::Architecture::SequenceClassification;
-    let labels = (config.problem_type.as_deref() != Some("regression")).then(|| config.labels());
+    let labels = match architecture {
+        Architecture::SequenceClassification => {
+            (config.problem_type.as_deref() != Some("regression")).then(|| config.labels())
+        }
+        Architecture::TokenClassification => Some(config.labels()),
+        _ => None,
+    };
+    // Question answering windows as `bert predict` cuts them: 384 tokens (or fewer), a
+    // stride of 128 (at most a third of the window).
+    let window = QA_WINDOW.min(max_input_length);
+    let windows = tokenizer.with_windows(window, QA_STRIDE.min(window / 3))?;
     let metrics = Arc::new(metrics::Metrics::new().context("the metrics registry")?);
     let batching = Batching {
         capacity: options.max_concurrent_requests,
@@ -113,7 +131,7 @@ pub fn serve(options: &Options) -> Result<()> {
         "model_id": options.model.display().to_string(),
         "model_dir": model_dir.display().to_string(),
         "architecture": architecture.name(),
-        "labels": if classifies { json!(labels) } else { json!(null) },
+        "labels": labels,
         "pooling": pooling,
         "hidden_size": config.hidden_size,
         "max_input_length": max_input_length,
@@ -130,8 +148,9 @@ pub fn serve(options: &Options) -> Result<()> {
         truncating,
         limits,
         info,
-        labels: if classifies { labels } else { None },
-        classifies,
+        windows,
+        architecture,
+        labels,
         metrics,
         api_key: options.api_key.clone(),
     });

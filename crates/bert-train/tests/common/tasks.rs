@@ -69,3 +69,21 @@ pub fn write_squad(path: &Path, questions: usize, seed: u64) {
     let doc = serde_json::json!({"version": "1.1", "data": [{"title": "synthetic", "paragraphs": paragraphs}]});
     std::fs::write(path, doc.to_string()).expect("squad");
 }
+
+/// CoNLL sentences: words w5..w8 are single-word `B-PER` entities, pairs w15 w16 a two-word
+/// `B-LOC I-LOC`, everything else (w40..w60) `O`.
+pub fn write_conll(path: &Path, sentences: usize, seed: u64) {
+    let mut rng = Lcg(seed);
+    let mut text = String::new();
+    for _ in 0..sentences {
+        for _ in 0..4 + rng.next(4) {
+            match rng.next(4) {
+                0 => text.push_str(&format!("w{}\tB-PER\n", 5 + rng.next(4))),
+                1 => text.push_str("w15\tB-LOC\nw16\tI-LOC\n"),
+                _ => text.push_str(&format!("w{}\tO\n", 40 + rng.next(21))),
+            }
+        }
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("conll");
+}
