@@ -9,6 +9,7 @@ use burn_flex::FlexTensor;
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
+use super::gemm::{self, View, ViewMut};
 use super::simd::{exp_f32, gelu_f32, lanes};
 use super::{from_vec, retype, slice};
 use crate::layer_norm::LayerNorm;
@@ -28,14 +29,6 @@ fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(primitive))
 }
 
-/// The elements of `x`, in row-major order, owned (no copy when `x` holds its buffer alone).
-fn owned<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
-    into_flex(x)
-        .into_data()
-        .into_vec::<f32>()
-        .expect("fused kernels take f32 tensors (see crate::ops)")
-}
-
 /// A read-only contiguous f32 view of `x` (copied only when `x` is a strided view).
 fn contiguous<B: Backend, const D: usize>(x: Tensor<B, D>) -> FlexTensor {
     into_flex(x).to_contiguous()
@@ -45,12 +38,41 @@ fn tensor<B: Backend, const D: usize>(data: Vec<f32>, dims: [usize; D]) -> Tenso
     from_flex(from_vec(data, dims))
 }
 
-/// `x @ weight` as `[rows, d_out]` (no bias), rows = every position of `x`.
-fn matmul<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> (Vec<f32>, [usize; 3]) {
+/// `x @ weight` (no bias) into `out` (`[rows, d_out]`, rows = every position of `x`), added to
+/// what `out` holds when `accumulate`, else over it (`out` empty: allocated here); returns
+/// `x`'s dims with `d_out` last.
+fn matmul<B: Backend>(
+    dense: &Linear<B>,
+    x: Tensor<B, 3>,
+    out: &mut Vec<f32>,
+    accumulate: bool,
+) -> [usize; 3] {
     let [batch, seq, d_in] = x.dims();
-    let y = x.reshape([batch * seq, d_in]).matmul(dense.weight.val());
-    let d_out = y.dims()[1];
-    (owned(y), [batch, seq, d_out])
+    let x = contiguous(x);
+    let weight = into_flex(dense.weight.val());
+    let weight =
+        View::of(&weight).expect("a dense layer's weight is a 2-D f32 tensor (see crate::ops)");
+    let d_out = weight.cols();
+    if out.is_empty() {
+        *out = vec![0f32; batch * seq * d_out];
+    }
+    gemm::product(
+        View::rows(slice(&x), d_in),
+        weight,
+        ViewMut::rows(out, d_out),
+        1.0,
+        accumulate,
+    );
+    [batch, seq, d_out]
+}
+
+/// `rows` copies of `bias`, one after the other.
+fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * bias.len());
+    for _ in 0..rows {
+        out.extend_from_slice(bias);
+    }
+    out
 }
 
 fn bias<B: Backend>(dense: &Linear<B>, width: usize) -> FlexTensor {
@@ -63,7 +85,8 @@ fn bias<B: Backend>(dense: &Linear<B>, width: usize) -> FlexTensor {
 /// `activation(dense(x))` with exact GELU: `[batch_size, seq_length, d_in]` →
 /// `[batch_size, seq_length, d_out]`. Call only where `crate::ops` finds a flex f32 tensor.
 pub(crate) fn dense_gelu<B: Backend>(dense: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    let (mut y, dims) = matmul(dense, x);
+    let mut y = Vec::new();
+    let dims = matmul(dense, x, &mut y, false);
     let width = dims[2];
     let bias = bias(dense, width);
     let bias = slice(&bias);
@@ -81,11 +104,12 @@ pub(crate) fn dense_add_layer_norm<B: Backend>(
     residual: Tensor<B, 3>,
     layer_norm: &LayerNorm<B>,
 ) -> Tensor<B, 3> {
-    let (mut y, dims) = matmul(dense, x);
-    let width = dims[2];
+    // `bias + residual` first, then the product accumulated onto it: no pass after the GEMM.
+    let width = residual.dims()[2];
     let bias = bias(dense, width);
     let residual = contiguous(residual);
     let (bias, residual) = (slice(&bias), slice(&residual));
+    let mut y = vec![0f32; residual.len()];
     y.par_chunks_mut(ROWS_PER_TASK * width)
         .zip(residual.par_chunks(ROWS_PER_TASK * width))
         .for_each(|(rows, residual)| {
@@ -95,6 +119,7 @@ pub(crate) fn dense_add_layer_norm<B: Backend>(
                 residual,
             })
         });
+    let dims = matmul(dense, x, &mut y, true);
     // flex's own LayerNorm is already one fused, row-parallel pass.
     layer_norm.forward(tensor(y, dims))
 }
@@ -117,15 +142,17 @@ pub(crate) fn self_attention<B: Backend>(
     if batch * seq == 0 {
         return tensor(Vec::new(), [batch, seq, width]);
     }
-    let (q, _) = matmul(query, hidden.clone());
-    let (k, _) = matmul(key, hidden.clone());
-    let (v, _) = matmul(value, hidden);
+    // The projections accumulate onto their biases.
     let (bq, bk, bv) = (bias(query, width), bias(key, width), bias(value, width));
+    let rows = batch * seq;
+    let mut q = bias_rows(slice(&bq), rows);
+    let mut k = bias_rows(slice(&bk), rows);
+    let mut v = bias_rows(slice(&bv), rows);
+    matmul(query, hidden.clone(), &mut q, true);
+    matmul(key, hidden.clone(), &mut k, true);
+    matmul(value, hidden, &mut v, true);
     let mask = contiguous(mask_bias);
     let heads = Heads {
-        bq: slice(&bq),
-        bk: slice(&bk),
-        bv: slice(&bv),
         seq,
         width,
         num_heads,
@@ -172,7 +199,7 @@ impl WithSimd for BiasGelu<'_> {
     }
 }
 
-/// `rows[i] += bias + residual[i]`, row by row.
+/// `rows[i] = bias + residual[i]`, row by row.
 struct BiasResidual<'a> {
     rows: &'a mut [f32],
     bias: &'a [f32],
@@ -190,7 +217,7 @@ impl WithSimd for BiasResidual<'_> {
             .zip(self.residual.chunks_exact(width))
         {
             for ((v, b), r) in row.iter_mut().zip(self.bias).zip(res) {
-                *v += b + r;
+                *v = b + r;
             }
         }
     }
@@ -198,7 +225,7 @@ impl WithSimd for BiasResidual<'_> {
 
 /// [`Heads::sequence`] on one sequence.
 struct Sequence<'a> {
-    heads: &'a Heads<'a>,
+    heads: &'a Heads,
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
@@ -215,123 +242,57 @@ impl WithSimd for Sequence<'_> {
     }
 }
 
-/// One sequence's attention over all heads; the projections' biases are added on the way.
-struct Heads<'a> {
-    bq: &'a [f32],
-    bk: &'a [f32],
-    bv: &'a [f32],
+/// One sequence's attention over all heads (the projections' biases already added).
+struct Heads {
     seq: usize,
     width: usize,
     num_heads: usize,
 }
 
-impl Heads<'_> {
-    /// `q`, `k`, `v`, `out`: `[seq, width]` row-major; `mask`: `[seq]`, added to the scores.
-    /// Inlined into the SIMD dispatch of its caller; the reductions (max, sum) run in their
-    /// own loops so the elementwise ones vectorise, and in a fixed order, so results do not
-    /// depend on the SIMD width.
+impl Heads {
+    /// `q`, `k`, `v`, `out`: `[seq, width]` row-major, head `h` in columns `h·d..(h+1)·d`;
+    /// `mask`: `[seq]`, added to the scores. Each head's `q kᵀ` and `p v` are GEMMs on views of
+    /// its column block (`kᵀ` read in place); the softmax runs in between, its reductions
+    /// (max, sum) in their own loops so the elementwise ones vectorise, and in a fixed order,
+    /// so results do not depend on the SIMD width. Inlined into the SIMD dispatch of its
+    /// caller.
     #[inline(always)]
     fn sequence(&self, q: &[f32], k: &[f32], v: &[f32], mask: &[f32], out: &mut [f32]) {
         let (seq, width) = (self.seq, self.width);
         let head_dim = width / self.num_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        // Keys transposed ([head_dim, seq]) so that a query row meets them as contiguous
-        // rows of the score loop; values as [seq, head_dim].
-        let mut keys_t = vec![0f32; head_dim * seq];
-        let mut values = vec![0f32; seq * head_dim];
-        let mut scores = vec![0f32; seq];
-        let mut query = vec![0f32; head_dim];
+        let block = |data, col| View::new(data, col, [seq, head_dim], [width, 1]);
+        let mut scores = vec![0f32; seq * seq];
         for h in 0..self.num_heads {
-            let cols = h * head_dim..(h + 1) * head_dim;
-            for j in 0..seq {
-                let row = j * width + cols.start;
-                for d in 0..head_dim {
-                    keys_t[d * seq + j] = k[row + d] + self.bk[cols.start + d];
-                }
-                for ((dst, x), b) in values[j * head_dim..(j + 1) * head_dim]
-                    .iter_mut()
-                    .zip(&v[row..row + head_dim])
-                    .zip(&self.bv[cols.clone()])
-                {
-                    *dst = x + b;
-                }
+            let col = h * head_dim;
+            // scores = mask + q kᵀ / √d, then softmax by row.
+            for row in scores.chunks_exact_mut(seq) {
+                row.copy_from_slice(mask);
             }
-            for i in 0..seq {
-                let row = i * width + cols.start;
-                for ((dst, x), b) in query
-                    .iter_mut()
-                    .zip(&q[row..row + head_dim])
-                    .zip(&self.bq[cols.clone()])
-                {
-                    *dst = x + b;
-                }
-                dot_keys(&query, &keys_t, &mut scores);
-                for (s, m) in scores.iter_mut().zip(mask) {
-                    *s = *s * scale + m;
-                }
-                let max = lanes(&scores, f32::NEG_INFINITY, f32::max);
-                for s in scores.iter_mut() {
+            gemm::product(
+                block(q, col),
+                block(k, col).t(),
+                ViewMut::rows(&mut scores, seq),
+                scale,
+                true,
+            );
+            for row in scores.chunks_exact_mut(seq) {
+                let max = lanes(row, f32::NEG_INFINITY, f32::max);
+                for s in row.iter_mut() {
                     *s = exp_f32(*s - max);
                 }
-                let inv = 1.0 / lanes(&scores, 0.0, |a, b| a + b);
-                let ctx = &mut out[row..row + head_dim];
-                match head_dim {
-                    32 => weighted_sum::<32>(&scores, &values, inv, ctx),
-                    64 => weighted_sum::<64>(&scores, &values, inv, ctx),
-                    128 => weighted_sum::<128>(&scores, &values, inv, ctx),
-                    _ => {
-                        ctx.fill(0.0);
-                        for (&p, v) in scores.iter().zip(values.chunks_exact(head_dim)) {
-                            for (c, x) in ctx.iter_mut().zip(v) {
-                                *c += p * x;
-                            }
-                        }
-                        for c in ctx.iter_mut() {
-                            *c *= inv;
-                        }
-                    }
+                let inv = 1.0 / lanes(row, 0.0, |a, b| a + b);
+                for s in row.iter_mut() {
+                    *s *= inv;
                 }
             }
+            gemm::product(
+                View::rows(&scores, seq),
+                block(v, col),
+                ViewMut::new(out, col, [seq, head_dim], width),
+                1.0,
+                false,
+            );
         }
-    }
-}
-
-/// `scores[j] = Σ_d query[d] keys_t[d][j]` (`keys_t`: `[head_dim, seq]`), 16 keys at a time
-/// in a fixed-size accumulator that stays in registers over the `d` loop.
-#[inline(always)]
-fn dot_keys(query: &[f32], keys_t: &[f32], scores: &mut [f32]) {
-    const BLOCK: usize = 16;
-    let seq = scores.len();
-    let mut j0 = 0;
-    for block in scores.chunks_exact_mut(BLOCK) {
-        let mut acc = [0f32; BLOCK];
-        for (&qd, row) in query.iter().zip(keys_t.chunks_exact(seq)) {
-            for (a, k) in acc.iter_mut().zip(&row[j0..j0 + BLOCK]) {
-                *a += qd * k;
-            }
-        }
-        block.copy_from_slice(&acc);
-        j0 += BLOCK;
-    }
-    let tail = &mut scores[j0..];
-    tail.fill(0.0);
-    for (&qd, row) in query.iter().zip(keys_t.chunks_exact(seq)) {
-        for (s, k) in tail.iter_mut().zip(&row[j0..]) {
-            *s += qd * k;
-        }
-    }
-}
-
-/// `ctx = inv · Σ_j p[j] values[j]` (`values`: `[seq, N]`), accumulated in registers.
-#[inline(always)]
-fn weighted_sum<const N: usize>(p: &[f32], values: &[f32], inv: f32, ctx: &mut [f32]) {
-    let mut acc = [0f32; N];
-    for (&pj, v) in p.iter().zip(values.chunks_exact(N)) {
-        for (a, x) in acc.iter_mut().zip(v) {
-            *a += pj * x;
-        }
-    }
-    for (c, a) in ctx.iter_mut().zip(acc) {
-        *c = a * inv;
     }
 }

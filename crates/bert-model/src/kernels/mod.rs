@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `dense_gelu` (`BertIntermediate`, GELU) | bias add, exact GELU (`erf`) |
 //! | `self_attention` (`BertSelfAttention`) | q/k/v bias adds, head split, `q kᵀ / √d`, mask add, softmax, `p v`, head merge |
-//! | `dense_add_layer_norm` (`BertSelfOutput`, `BertOutput`) | bias add, residual add (then flex's fused LayerNorm) |
+//! | `dense_add_layer_norm` (`BertSelfOutput`, `BertOutput`) | bias add, residual add (the GEMM accumulates onto them; then flex's fused LayerNorm) |
 //!
 //! Training (tensors of `Autodiff<Flex>`), ops with their own backward (module `train`):
 //!
@@ -28,7 +28,10 @@
 //! `dropout`). The scalar math the loops share (`exp`, `erf`, GELU, fixed-order reductions,
 //! SplitMix64) is in module `simd`.
 //!
-//! The matmuls stay Burn's (`Tensor::matmul`, flex's multi-threaded GEMM).
+//! The matmuls of training stay Burn's (`Tensor::matmul`, flex's multi-threaded GEMM); the
+//! inference kernels call the same GEMM (the `gemm` crate, module `gemm`) on buffers they own,
+//! so the dense output is written once (`dense_add_layer_norm` accumulates it onto the bias
+//! and residual) without a flex tensor's copies around it.
 //!
 //! The kernels do not choose where they run: [`crate::ops`] calls them where they compute the
 //! same function as the generic path (flex tensors in f32 for inference, `Autodiff<Flex>`
@@ -42,6 +45,8 @@ pub use crate::ops::{fused_kernels as enabled, set_fused_kernels as set_enabled}
 
 #[cfg(feature = "flex")]
 pub(crate) mod dropout;
+#[cfg(feature = "flex")]
+mod gemm;
 #[cfg(feature = "flex")]
 pub(crate) mod infer;
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
