@@ -57,7 +57,7 @@ impl<'a> View<'a> {
 
     /// A contiguous row-major `[rows, cols]` matrix.
     pub(crate) fn rows(data: &'a [f32], cols: usize) -> Self {
-        let rows = if cols == 0 { 0 } else { data.len() / cols };
+        let rows = data.len().checked_div(cols).unwrap_or(0);
         Self::new(data, 0, [rows, cols], [cols, 1])
     }
 
@@ -136,7 +136,7 @@ impl<'a> ViewMut<'a> {
 
     /// A contiguous row-major `[rows, cols]` matrix.
     pub(crate) fn rows(data: &'a mut [f32], cols: usize) -> Self {
-        let rows = if cols == 0 { 0 } else { data.len() / cols };
+        let rows = data.len().checked_div(cols).unwrap_or(0);
         Self::new(data, 0, [rows, cols], cols)
     }
 }
