@@ -49,6 +49,7 @@ pub mod layer_norm;
 pub mod loss;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod precision;
 
 pub use architecture::Architecture;
@@ -64,3 +65,4 @@ pub use heads::{
 };
 pub use loss::{PreTrainingLoss, PreTrainingTargets};
 pub use model::{BertInput, BertModel, BertModelOutput, attention_mask_bias, masked_mean};
+pub use packed::{PackedInput, PackedOutput, packed_mean};

@@ -142,15 +142,7 @@ pub(crate) fn self_attention<B: Backend>(
     if batch * seq == 0 {
         return tensor(Vec::new(), [batch, seq, width]);
     }
-    // The projections accumulate onto their biases.
-    let (bq, bk, bv) = (bias(query, width), bias(key, width), bias(value, width));
-    let rows = batch * seq;
-    let mut q = bias_rows(slice(&bq), rows);
-    let mut k = bias_rows(slice(&bk), rows);
-    let mut v = bias_rows(slice(&bv), rows);
-    matmul(query, hidden.clone(), &mut q, true);
-    matmul(key, hidden.clone(), &mut k, true);
-    matmul(value, hidden, &mut v, true);
+    let [q, k, v] = projections([query, key, value], hidden);
     let mask = contiguous(mask_bias);
     let heads = Heads {
         seq,
@@ -175,6 +167,66 @@ pub(crate) fn self_attention<B: Backend>(
             })
         });
     tensor(out, [batch, seq, width])
+}
+
+/// `q`, `k` and `v` of every row of `hidden` (`[rows, H]` each, biases added): each product
+/// accumulates onto its bias.
+fn projections<B: Backend>(dense: [&Linear<B>; 3], hidden: Tensor<B, 3>) -> [Vec<f32>; 3] {
+    let [batch, seq, width] = hidden.dims();
+    dense.map(|d| {
+        let bias = bias(d, width);
+        let mut out = bias_rows(slice(&bias), batch * seq);
+        matmul(d, hidden.clone(), &mut out, true);
+        out
+    })
+}
+
+/// Self-attention within each of several sequences packed one after the other (no padding):
+/// - `hidden`: `[1, total, H]`, the sequences' rows in order
+/// - `lengths`: the sequences' lengths, summing to `total`
+/// - returns `[1, total, H]`
+///
+/// Call only where `crate::ops` finds a flex f32 tensor.
+pub(crate) fn self_attention_packed<B: Backend>(
+    query: &Linear<B>,
+    key: &Linear<B>,
+    value: &Linear<B>,
+    num_heads: usize,
+    hidden: Tensor<B, 3>,
+    lengths: &[usize],
+) -> Tensor<B, 3> {
+    let [batch, total, width] = hidden.dims();
+    assert_eq!(
+        lengths.iter().sum::<usize>(),
+        batch * total,
+        "the packed sequences' lengths add up to the rows"
+    );
+    let [q, k, v] = projections([query, key, value], hidden);
+    let mut out = vec![0f32; batch * total * width];
+    let mut pieces = Vec::with_capacity(lengths.len());
+    let (mut rest, mut start) = (out.as_mut_slice(), 0);
+    for &len in lengths {
+        let (piece, tail) = rest.split_at_mut(len * width);
+        pieces.push((start * width..(start + len) * width, len, piece));
+        (rest, start) = (tail, start + len);
+    }
+    pieces.into_par_iter().for_each(|(rows, len, out)| {
+        let heads = Heads {
+            seq: len,
+            width,
+            num_heads,
+        };
+        let mask = vec![0f32; len];
+        Arch::new().dispatch(Sequence {
+            heads: &heads,
+            q: &q[rows.clone()],
+            k: &k[rows.clone()],
+            v: &v[rows],
+            mask: &mask,
+            out,
+        })
+    });
+    tensor(out, [batch, total, width])
 }
 
 // The row kernels as pulp `WithSimd` operations: `Arch::dispatch` runs them in a function

@@ -95,6 +95,53 @@ fn host_dropout<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     fused_kernels() && x.dtype() == DType::F32 && kernels::on_flex_device::<B>()
 }
 
+/// Self-attention within each of several sequences packed one after the other, without
+/// padding (inference: no dropout):
+/// - `hidden`: `[1, total, H]`
+/// - `lengths`: the sequences' lengths, summing to `total`
+/// - returns `[1, total, H]`, each sequence's rows as [`self_attention`] gives them unpadded
+pub(crate) fn self_attention_packed<B: Backend>(
+    query: &Linear<B>,
+    key: &Linear<B>,
+    value: &Linear<B>,
+    num_heads: usize,
+    dropout: &Dropout,
+    hidden: Tensor<B, 3>,
+    lengths: &[usize],
+) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if fused_inference(&hidden) {
+        return kernels::infer::self_attention_packed(
+            query, key, value, num_heads, hidden, lengths,
+        );
+    }
+    // Elsewhere: each sequence on its own, unpadded.
+    let [batch, _, width] = hidden.dims();
+    let device = hidden.device();
+    let mut parts = Vec::with_capacity(lengths.len());
+    let mut start = 0;
+    for &len in lengths.iter().filter(|&&len| len > 0) {
+        let rows = hidden
+            .clone()
+            .slice([0..batch, start..start + len, 0..width]);
+        let none_masked = Tensor::zeros([batch, 1, 1, len], &device);
+        parts.push(self_attention(
+            query,
+            key,
+            value,
+            num_heads,
+            dropout,
+            rows,
+            none_masked,
+        ));
+        start += len;
+    }
+    if parts.is_empty() {
+        return hidden;
+    }
+    Tensor::cat(parts, 1)
+}
+
 /// Multi-head self-attention context (HF `BertSelfAttention`), dropout on the probabilities:
 /// - `hidden`: `[batch_size, seq_length, H]`
 /// - `mask_bias`: `[batch_size, 1, 1, seq_length]` (see [`crate::attention_mask_bias`])
