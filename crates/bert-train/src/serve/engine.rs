@@ -1,8 +1,12 @@
 //! The model side of `bert serve`: one thread owns the model and runs every forward pass.
 //! Requests reach it through a bounded queue ([`Queue`]); each time it wakes it takes the
 //! waiting requests up to `max_batch_tokens` tokens, sorts their rows by length, runs them in
-//! forward passes of at most `max_batch_tokens` padded tokens, and answers each request.
+//! forward passes of at most `max_batch_tokens` tokens, and answers each request. An encoder
+//! without heads (the embedding models) runs its rows packed, without padding
+//! ([`bert_model::PackedInput`]); a model with heads pads each pass to its longest row, in
+//! passes of rows of similar lengths.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bert_data::{Padding, pad_rows};
-use bert_model::{BertConfig, BertInput};
+use bert_model::{BertConfig, BertInput, BertModel, PackedInput, packed_mean};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use tokio::sync::oneshot;
@@ -160,6 +164,9 @@ pub struct Batching {
     pub capacity: usize,
     /// Padded tokens of one forward pass (and real tokens taken per wake-up).
     pub max_batch_tokens: usize,
+    /// What running one more forward pass costs, in padded tokens: rows are split into
+    /// passes of similar lengths where that costs less than padding them together.
+    pub pass_cost: usize,
 }
 
 /// Loads the model of `dir` on `device` and starts its thread; the thread ends when every
@@ -186,6 +193,7 @@ pub fn start<B: Backend>(
         pooling,
         pad: config.pad_token_id as u32,
         max_batch_tokens: batching.max_batch_tokens.max(1),
+        pass_cost: batching.pass_cost,
         waiting,
         metrics,
         device,
@@ -202,6 +210,7 @@ struct Worker<B: Backend> {
     pooling: Pooling,
     pad: u32,
     max_batch_tokens: usize,
+    pass_cost: usize,
     waiting: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
     device: Device<B>,
@@ -243,17 +252,24 @@ impl<B: Backend> Worker<B> {
         let mut outputs: Vec<Vec<Option<RowOutput>>> =
             jobs.iter().map(|j| vec![None; j.rows.len()]).collect();
         let mut failure = None;
-        let mut start = 0;
-        while start < order.len() {
-            // Longest first: a chunk's first row sets its padded length.
-            let longest = jobs[order[start].0].rows[order[start].1]
-                .input_ids
-                .len()
-                .max(1);
-            let fit = (self.max_batch_tokens / longest).max(1);
-            let chunk = &order[start..(start + fit).min(order.len())];
+        let lengths: Vec<usize> = order
+            .iter()
+            .map(|&(j, r)| jobs[j].rows[r].input_ids.len())
+            .collect();
+        // An encoder without heads runs its rows packed, without padding; a model with heads
+        // in passes of rows of similar lengths.
+        let split = match &self.model {
+            Loaded::Base(_) => packs(&lengths, self.max_batch_tokens),
+            _ => passes(&lengths, self.max_batch_tokens, self.pass_cost),
+        };
+        for pass in split {
+            let chunk = &order[pass];
             let rows: Vec<&Row> = chunk.iter().map(|&(j, r)| &jobs[j].rows[r]).collect();
-            match self.forward(&rows) {
+            let forwarded = match &self.model {
+                Loaded::Base(model) => self.forward_packed(model, &rows),
+                _ => self.forward(&rows),
+            };
+            match forwarded {
                 Ok(results) => {
                     for (&(j, r), out) in chunk.iter().zip(results) {
                         outputs[j][r] = Some(out);
@@ -261,7 +277,6 @@ impl<B: Backend> Worker<B> {
                 }
                 Err(e) => failure = Some(format!("{e:#}")),
             }
-            start += chunk.len();
         }
         for (job, outs) in jobs.into_iter().zip(outputs) {
             let reply = match (&failure, outs.into_iter().collect::<Option<Vec<_>>>()) {
@@ -353,6 +368,49 @@ impl<B: Backend> Worker<B> {
         Ok(outputs)
     }
 
+    /// One packed forward pass of an encoder over `rows` (no padding): each row's pooled
+    /// embedding.
+    fn forward_packed(&self, model: &BertModel<B>, rows: &[&Row]) -> Result<Vec<RowOutput>> {
+        let started = Instant::now();
+        let pairs: Vec<(&[u32], &[u32])> = rows
+            .iter()
+            .map(|r| (r.input_ids.as_slice(), r.token_type_ids.as_slice()))
+            .collect();
+        let input = PackedInput::<B>::from_rows(&pairs, &self.device);
+        let lengths = input.lengths.clone();
+        let hidden = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            model.forward_packed(input).last_hidden_state
+        }))
+        .map_err(|_| anyhow::anyhow!("the forward pass panicked"))?;
+        let pooled = match self.pooling {
+            Pooling::Mean => packed_mean(hidden, &lengths),
+            Pooling::Cls => {
+                let starts: Vec<i64> = lengths
+                    .iter()
+                    .scan(0i64, |at, &len| {
+                        let start = *at;
+                        *at += len as i64;
+                        Some(start)
+                    })
+                    .collect();
+                let count = starts.len();
+                let index =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(starts, [count]), &self.device);
+                hidden.select(0, index)
+            }
+        };
+        let outputs = host_rows(pooled)?
+            .into_iter()
+            .map(|embedding| RowOutput {
+                embedding,
+                ..RowOutput::default()
+            })
+            .collect();
+        self.metrics
+            .observe_batch(rows.len(), lengths.iter().sum(), started.elapsed());
+        Ok(outputs)
+    }
+
     /// Reads the per-token logits `[n, seq, width]` at each row's wanted positions: selected
     /// on the device, so an MLM sends only the masked positions' vocabulary rows.
     fn token_outputs(
@@ -386,6 +444,58 @@ impl<B: Backend> Worker<B> {
     }
 }
 
+/// Splits rows into packed forward passes of at most `max_batch_tokens` tokens each (a row
+/// longer than that runs alone).
+fn packs(lengths: &[usize], max_batch_tokens: usize) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, &len) in lengths.iter().enumerate() {
+        if i > start && tokens + len > max_batch_tokens {
+            out.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += len;
+    }
+    if start < lengths.len() {
+        out.push(start..lengths.len());
+    }
+    out
+}
+
+/// Rows one forward pass takes at most when splitting (bounds the search in [`passes`]).
+const MAX_PASS_ROWS: usize = 256;
+
+/// Splits rows sorted longest first (`lengths`) into forward passes: a pass pads its rows to
+/// its first (longest) one and costs `rows × that length` padded tokens plus `pass_cost` for
+/// running a pass at all; returns the split of least total cost (dynamic programming over the
+/// sorted rows) whose passes stay within `max_batch_tokens` padded tokens. Rows of very
+/// different lengths thus go in different passes instead of all padding to the longest.
+fn passes(lengths: &[usize], max_batch_tokens: usize, pass_cost: usize) -> Vec<Range<usize>> {
+    let n = lengths.len();
+    // best[i]: the least cost of rows i.., its first pass ending at end[i].
+    let mut best = vec![0usize; n + 1];
+    let mut end = vec![n; n + 1];
+    for i in (0..n).rev() {
+        let longest = lengths[i].max(1);
+        let fit = (max_batch_tokens / longest).clamp(1, MAX_PASS_ROWS);
+        best[i] = usize::MAX;
+        for j in i + 1..=(i + fit).min(n) {
+            let cost = ((j - i) * longest + pass_cost).saturating_add(best[j]);
+            if cost <= best[i] {
+                best[i] = cost;
+                end[i] = j;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        out.push(i..end[i]);
+        i = end[i];
+    }
+    out
+}
+
 /// The rows of a `[n, width]` tensor, on the host.
 fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
     let [_, width] = t.dims();
@@ -395,4 +505,58 @@ fn host_rows<B: Backend>(t: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
         .to_vec()
         .map_err(|e| anyhow::anyhow!("cannot read the model's output: {e:?}"))?;
     Ok(values.chunks(width.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row in exactly one pass, in order, each pass within the token budget.
+    fn check(lengths: &[usize], budget: usize, split: &[Range<usize>]) {
+        let mut next = 0;
+        for pass in split {
+            assert_eq!(pass.start, next, "{split:?}");
+            assert!(pass.end > pass.start, "{split:?}");
+            let padded = pass.len() * lengths[pass.start];
+            assert!(padded <= budget || pass.len() == 1, "{split:?}");
+            next = pass.end;
+        }
+        assert_eq!(next, lengths.len());
+    }
+
+    #[test]
+    fn rows_of_very_different_lengths_run_apart() {
+        // One long row and many short ones: padding them all to 128 costs 32 × 128; the long
+        // row alone and the short ones together cost 128 + 31 × 10 plus one more pass.
+        let mut lengths = vec![128];
+        lengths.extend(std::iter::repeat_n(10, 31));
+        let split = passes(&lengths, 16384, 64);
+        check(&lengths, 16384, &split);
+        assert_eq!(split, vec![0..1, 1..32]);
+        // Similar lengths stay in one pass.
+        let lengths: Vec<usize> = (0..32).map(|i| 40 - i / 8).collect();
+        assert_eq!(passes(&lengths, 16384, 64), vec![0..32]);
+        // A pass costs nothing: each length runs alone, equal lengths together.
+        assert_eq!(passes(&[5, 5, 3, 3, 1], 16384, 0).len(), 3);
+    }
+
+    #[test]
+    fn packs_fill_the_token_budget() {
+        assert_eq!(packs(&[10, 20, 30, 40], 60), vec![0..3, 3..4]);
+        assert_eq!(packs(&[100, 10], 60), vec![0..1, 1..2]);
+        assert!(packs(&[], 60).is_empty());
+    }
+
+    #[test]
+    fn passes_stay_within_the_token_budget() {
+        let lengths = vec![100; 10];
+        let split = passes(&lengths, 300, 64);
+        check(&lengths, 300, &split);
+        assert_eq!(split.len(), 4);
+        // A row longer than the budget still runs, alone.
+        let split = passes(&[500, 20, 20], 300, 64);
+        check(&[500, 20, 20], 300, &split);
+        assert_eq!(split[0], 0..1);
+        assert!(passes(&[], 300, 64).is_empty());
+    }
 }

@@ -36,6 +36,10 @@ use bert_model::Architecture;
 use crate::backend::BackendKind;
 use engine::{Batching, Pooling};
 
+/// What one more forward pass costs, in padded tokens (its fixed work: launching every layer's
+/// kernels, the pooling, the host read), against which the model thread weighs padding rows
+/// of different lengths together.
+const PASS_COST: usize = 64;
 /// Tokens per question answering window (when the model and `--max-input-length` allow).
 const QA_WINDOW: usize = 384;
 /// Tokens consecutive windows share (at most a third of the window).
@@ -113,6 +117,7 @@ pub fn serve(options: &Options) -> Result<()> {
     let batching = Batching {
         capacity: options.max_concurrent_requests,
         max_batch_tokens: options.max_batch_tokens,
+        pass_cost: PASS_COST,
     };
     let (queue, model_thread) = crate::with_backend!(kind, |B, device| engine::start::<B>(
         &model_dir,
