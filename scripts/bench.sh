@@ -110,7 +110,7 @@ metric = {"train": "tokens_per_second", "encode": "sentences_per_second"}
 best = {}
 for r in rows:
     who = {"burn": "ours", "onnxruntime": "onnxruntime"}.get(r["framework"], "pytorch")
-    if r.get("mlm_head") == "masked positions":
+    if who == "pytorch" and r.get("mlm_head") == "masked positions":
         who = "pytorch-masked-only"
     key = (r["workload"], who)
     if key not in best or r[metric[r["workload"]]] > best[key][metric[r["workload"]]]:
