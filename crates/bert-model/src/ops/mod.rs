@@ -95,6 +95,20 @@ fn host_dropout<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     fused_kernels() && x.dtype() == DType::F32 && kernels::on_flex_device::<B>()
 }
 
+/// Whether packed attention ([`crate::BertModel::forward_packed`]) runs as one fused kernel on
+/// `B` (flex with the fused kernels on); elsewhere it runs sequence by sequence, which a
+/// padded batch usually beats.
+pub fn packed_attention_is_fused<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        fused_kernels() && kernels::is_flex::<B>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
+
 /// Self-attention within each of several sequences packed one after the other, without
 /// padding (inference: no dropout):
 /// - `hidden`: `[1, total, H]`

@@ -1,10 +1,10 @@
 //! The model side of `bert serve`: one thread owns the model and runs every forward pass.
 //! Requests reach it through a bounded queue ([`Queue`]); each time it wakes it takes the
 //! waiting requests up to `max_batch_tokens` tokens, sorts their rows by length, runs them in
-//! forward passes of at most `max_batch_tokens` tokens, and answers each request. An encoder
-//! without heads (the embedding models) runs its rows packed, without padding
-//! ([`bert_model::PackedInput`]); a model with heads pads each pass to its longest row, in
-//! passes of rows of similar lengths.
+//! forward passes of at most `max_batch_tokens` tokens, and answers each request. On the CPU
+//! an encoder without heads (the embedding models) runs its rows packed, without padding
+//! ([`bert_model::PackedInput`]); otherwise each pass pads to its longest row, and rows are
+//! split into passes of similar lengths.
 
 use std::ops::Range;
 use std::path::Path;
@@ -256,18 +256,25 @@ impl<B: Backend> Worker<B> {
             .iter()
             .map(|&(j, r)| jobs[j].rows[r].input_ids.len())
             .collect();
-        // An encoder without heads runs its rows packed, without padding; a model with heads
-        // in passes of rows of similar lengths.
-        let split = match &self.model {
-            Loaded::Base(_) => packs(&lengths, self.max_batch_tokens),
-            _ => passes(&lengths, self.max_batch_tokens, self.pass_cost),
+        // An encoder without heads runs its rows packed, without padding, where packed
+        // attention is one fused kernel (the CPU); otherwise rows go in padded passes of
+        // similar lengths.
+        let packed = match &self.model {
+            Loaded::Base(model) if bert_model::ops::packed_attention_is_fused::<B>() => {
+                Some(model)
+            }
+            _ => None,
+        };
+        let split = match packed {
+            Some(_) => packs(&lengths, self.max_batch_tokens),
+            None => passes(&lengths, self.max_batch_tokens, self.pass_cost),
         };
         for pass in split {
             let chunk = &order[pass];
             let rows: Vec<&Row> = chunk.iter().map(|&(j, r)| &jobs[j].rows[r]).collect();
-            let forwarded = match &self.model {
-                Loaded::Base(model) => self.forward_packed(model, &rows),
-                _ => self.forward(&rows),
+            let forwarded = match packed {
+                Some(model) => self.forward_packed(model, &rows),
+                None => self.forward(&rows),
             };
             match forwarded {
                 Ok(results) => {
