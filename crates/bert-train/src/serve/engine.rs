@@ -260,9 +260,7 @@ impl<B: Backend> Worker<B> {
         // attention is one fused kernel (the CPU); otherwise rows go in padded passes of
         // similar lengths.
         let packed = match &self.model {
-            Loaded::Base(model) if bert_model::ops::packed_attention_is_fused::<B>() => {
-                Some(model)
-            }
+            Loaded::Base(model) if bert_model::ops::packed_attention_is_fused::<B>() => Some(model),
             _ => None,
         };
         let split = match packed {
@@ -296,7 +294,8 @@ impl<B: Backend> Worker<B> {
         }
     }
 
-    /// One forward pass over `rows`: each row's pooled embedding and logits.
+    /// One padded forward pass over `rows`: each row's pooled embedding and the head outputs it
+    /// asked for.
     fn forward(&self, rows: &[&Row]) -> Result<Vec<RowOutput>> {
         let started = Instant::now();
         let masks: Vec<Vec<u32>> = rows.iter().map(|r| vec![1; r.input_ids.len()]).collect();
