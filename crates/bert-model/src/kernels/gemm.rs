@@ -141,6 +141,15 @@ impl<'a> ViewMut<'a> {
     }
 }
 
+/// `rows` copies of `bias`, one after the other (a product's output, to accumulate onto).
+pub(crate) fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * bias.len());
+    for _ in 0..rows {
+        out.extend_from_slice(bias);
+    }
+    out
+}
+
 /// `dst = scale · lhs · rhs`, added to what `dst` holds when `accumulate`.
 pub(crate) fn product(lhs: View, rhs: View, dst: ViewMut, scale: f32, accumulate: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);

@@ -9,7 +9,7 @@ use burn_flex::FlexTensor;
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use super::gemm::{self, View, ViewMut};
+use super::gemm::{self, View, ViewMut, bias_rows};
 use super::simd::{exp_f32, gelu_f32, lanes};
 use super::{from_vec, retype, slice};
 use crate::layer_norm::LayerNorm;
@@ -64,15 +64,6 @@ fn matmul<B: Backend>(
         accumulate,
     );
     [batch, seq, d_out]
-}
-
-/// `rows` copies of `bias`, one after the other.
-fn bias_rows(bias: &[f32], rows: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(rows * bias.len());
-    for _ in 0..rows {
-        out.extend_from_slice(bias);
-    }
-    out
 }
 
 fn bias<B: Backend>(dense: &Linear<B>, width: usize) -> FlexTensor {

@@ -43,8 +43,6 @@ pub(crate) mod generic;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use generic::dense;
-
 static FUSED_KERNELS: AtomicBool = AtomicBool::new(true);
 
 /// Turns the fused kernels on or off for the whole process (on by default; off measures what
@@ -93,6 +91,18 @@ fn cube_training<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
 #[cfg(feature = "flex")]
 fn host_dropout<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     fused_kernels() && x.dtype() == DType::F32 && kernels::on_flex_device::<B>()
+}
+
+/// `Linear` on `[batch_size, seq_length, d_in]` → `[batch_size, seq_length, d_out]`: the fused
+/// training op under `Autodiff<Flex>` in f32 (a layer with a bias), Burn's `Linear` elsewhere.
+pub(crate) fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "flex")]
+    if fused_training(&x)
+        && let Some(bias) = &linear.bias
+    {
+        return kernels::train::dense(linear.weight.val(), bias.val(), x);
+    }
+    generic::dense(linear, x)
 }
 
 /// Whether packed attention ([`crate::BertModel::forward_packed`]) runs as one fused kernel on
@@ -179,15 +189,15 @@ pub(crate) fn self_attention<B: Backend>(
         && mask_bias.dtype() == DType::F32
         && seq <= crate::cube::MAX_ATTENTION_SEQ
     {
-        let q = generic::dense(query, hidden.clone());
-        let k = generic::dense(key, hidden.clone());
-        let v = generic::dense(value, hidden);
+        let q = dense(query, hidden.clone());
+        let k = dense(key, hidden.clone());
+        let v = dense(value, hidden);
         return crate::cube::attention(q, k, v, mask_bias, num_heads, dropout.prob);
     }
     let inference = !B::ad_enabled(&hidden.device()) && hidden.dtype() == DType::F32;
-    let q = split_heads(generic::dense(query, hidden.clone()), num_heads);
-    let k = split_heads(generic::dense(key, hidden.clone()), num_heads);
-    let v = split_heads(generic::dense(value, hidden), num_heads);
+    let q = split_heads(dense(query, hidden.clone()), num_heads);
+    let k = split_heads(dense(key, hidden.clone()), num_heads);
+    let v = split_heads(dense(value, hidden), num_heads);
     if inference {
         // Burn's attention op: a flash-attention kernel on the CubeCL backends (the [T, T]
         // probabilities are never stored), matmul-softmax-matmul elsewhere. Training keeps
@@ -266,7 +276,7 @@ pub(crate) fn dense_activation<B: Backend>(
         let d_output = z.dims()[1];
         return crate::cube::bias_gelu(z, bias.val()).reshape([batch, seq, d_output]);
     }
-    activation(act, generic::dense(dense, x))
+    activation(act, self::dense(dense, x))
 }
 
 /// `layer_norm(dropout(dense(hidden)) + residual)`: `hidden` `[batch_size, seq_length, d_in]`,
@@ -282,7 +292,7 @@ pub(crate) fn dense_add_layer_norm<B: Backend>(
     if fused_inference(&hidden) {
         return kernels::infer::dense_add_layer_norm(dense, hidden, residual, layer_norm);
     }
-    let x = dropout.forward(generic::dense(dense, hidden));
+    let x = dropout.forward(self::dense(dense, hidden));
     #[cfg(feature = "cube")]
     if cube_training(&x)
         && layer_norm.gamma.val().dtype() == DType::F32

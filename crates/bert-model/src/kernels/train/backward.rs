@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::forward::permute_heads;
 use super::{ELEMENTS_PER_TASK, Kernel, ROWS_PER_TASK, vectorized};
+use crate::kernels::gemm::{self, View, ViewMut};
 use crate::kernels::simd::{dot, exp_f32, gelu_derivative_f32, lanes};
 use crate::kernels::{from_vec, slice};
 
@@ -325,6 +326,75 @@ impl Kernel for ColumnSums<'_> {
                 *dg += g * xh;
                 *db += g;
             }
+        }
+    }
+}
+
+/// The backward of [`dense`](super::dense): `dx = dy Wᵀ`, `dW = xᵀ dy`, `db = Σ_rows dy`.
+#[derive(Debug)]
+pub(crate) struct DenseOp;
+
+#[derive(Debug, Clone)]
+pub(crate) struct DenseState {
+    /// The input, contiguous `[batch, seq, d_in]`.
+    pub(crate) x: FlexTensor,
+    /// The weight `[d_in, d_out]` (any strides).
+    pub(crate) weight: FlexTensor,
+}
+
+impl Backward<Flex, 3> for DenseOp {
+    type State = DenseState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [x_node, w_node, b_node] = ops.parents;
+        let DenseState { x, weight } = ops.state;
+        let grad = grads.consume::<Flex>(&ops.node).to_contiguous();
+        let w = View::of(&weight).expect("the weight is a 2-D f32 tensor");
+        let d_out = w.cols();
+        let x_shape = x.layout().shape().clone();
+        let d_in = x_shape[x_shape.num_dims() - 1];
+        let g = slice(&grad);
+        if let Some(node) = x_node {
+            let mut dx = vec![0f32; slice(&x).len()];
+            gemm::product(
+                View::rows(g, d_out),
+                w.t(),
+                ViewMut::rows(&mut dx, d_in),
+                1.0,
+                false,
+            );
+            grads.register::<Flex>(node.id, from_vec(dx, x_shape));
+        }
+        if let Some(node) = w_node {
+            let mut dw = vec![0f32; d_in * d_out];
+            gemm::product(
+                View::rows(slice(&x), d_in).t(),
+                View::rows(g, d_out),
+                ViewMut::rows(&mut dw, d_out),
+                1.0,
+                false,
+            );
+            grads.register::<Flex>(node.id, from_vec(dw, Shape::new([d_in, d_out])));
+        }
+        if let Some(node) = b_node {
+            // Per task: the column sums of its rows; then the tasks' sums in order, so the
+            // result does not depend on the thread count.
+            let chunk = ROWS_PER_TASK * d_out.max(1);
+            let partial: Vec<Vec<f32>> = g
+                .par_chunks(chunk)
+                .map(|rows| {
+                    let mut sums = vec![0f32; d_out];
+                    for row in rows.chunks_exact(d_out.max(1)) {
+                        sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                    }
+                    sums
+                })
+                .collect();
+            let mut db = vec![0f32; d_out];
+            for p in &partial {
+                db.iter_mut().zip(p).for_each(|(t, s)| *t += s);
+            }
+            grads.register::<Flex>(node.id, from_vec(db, Shape::new([d_out])));
         }
     }
 }

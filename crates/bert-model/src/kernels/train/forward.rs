@@ -9,9 +9,11 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::backward::{
-    CrossEntropy, CrossEntropyState, Gelu, LayerNormOp, LayerNormState, MaskedSoftmax, PermuteHeads,
+    CrossEntropy, CrossEntropyState, DenseOp, DenseState, Gelu, LayerNormOp, LayerNormState,
+    MaskedSoftmax, PermuteHeads,
 };
 use super::{ELEMENTS_PER_TASK, Kernel, ROWS_PER_TASK, from_ad, record, to_ad, vectorized};
+use crate::kernels::gemm::{self, View, ViewMut, bias_rows};
 use crate::kernels::simd::{exp_f32, fold_lanes, gelu_f32, lanes};
 use crate::kernels::{from_vec, slice};
 
@@ -365,4 +367,44 @@ impl Kernel for LayerNormRows<'_> {
             }
         }
     }
+}
+
+/// `x · W + b` (a `Linear` with a bias): `x` `[batch_size, seq_length, d_in]` →
+/// `[batch_size, seq_length, d_out]`. Forward and backward are GEMMs on buffers of their own
+/// (the forward accumulates onto the bias), without the copies flex's matmul makes around its
+/// output.
+pub(crate) fn dense<B: Backend>(
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+    x: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let x = to_ad(x).into_primitive().tensor();
+    let weight = to_ad(weight).into_primitive().tensor();
+    let bias = to_ad(bias).into_primitive().tensor();
+    let xs = x.primitive.to_contiguous();
+    let ws = weight.primitive.clone();
+    let w = View::of(&ws).expect("a dense layer's weight is a 2-D f32 tensor (see crate::ops)");
+    let d_out = w.cols();
+    let bs = bias.primitive.to_contiguous();
+    let rows = batch * seq;
+    let mut y = bias_rows(slice(&bs), rows);
+    gemm::product(
+        View::rows(slice(&xs), d_in),
+        w,
+        ViewMut::rows(&mut y, d_out),
+        1.0,
+        true,
+    );
+    let y = from_vec(y, Shape::new([batch, seq, d_out]));
+    let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+    let out = match DenseOp
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(DenseState { x: xs, weight: ws }, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    from_ad(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }

@@ -12,6 +12,7 @@
 //! | [`gelu`] | exact GELU (flex's is a scalar `erf` on one thread, both ways) |
 //! | [`layer_norm`] | Burn's composed LayerNorm (mean, centre, variance, divide, scale, shift) |
 //! | [`split_heads`], [`merge_heads`] | `reshape` + `swap_dims(1, 2)`, copied by each matmul and backward `reshape` |
+//! | [`dense`] | `Linear` (matmul + bias): GEMMs on buffers of their own, forward and backward, without flex's copies around each matmul output |
 //!
 //! [`crate::ops`] calls them for `Autodiff<Flex>` tensors in f32 and Burn's ops otherwise;
 //! tests compare values and gradients of both. Module `forward` holds the ops and their forward
@@ -33,7 +34,7 @@ mod forward;
 mod tests;
 
 pub(crate) use forward::{
-    cross_entropy, gelu, layer_norm, masked_softmax, merge_heads, split_heads,
+    cross_entropy, dense, gelu, layer_norm, masked_softmax, merge_heads, split_heads,
 };
 
 /// The autodiff backend these ops are written for (Burn's default checkpointing: none).

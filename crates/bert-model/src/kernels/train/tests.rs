@@ -183,3 +183,44 @@ fn untracked_inputs_record_nothing() {
     let y = gelu(x);
     assert!(!y.is_require_grad());
 }
+
+/// The fused `Linear` against Burn's: the value and the gradients of the input, the weight and
+/// the bias, with rows enough for the GEMMs to run on several threads.
+#[test]
+fn dense_matches_burn_linear_values_and_gradients() {
+    use burn::nn::LinearConfig;
+    let device = Default::default();
+    Ad::seed(&device, 5);
+    let linear = LinearConfig::new(48, 72).init::<Ad>(&device);
+    let bias = linear.bias.as_ref().expect("a bias").val();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let x = Tensor::<Ad, 3>::random([4, 50, 48], normal, &device);
+    let w = Tensor::<Ad, 3>::random([4, 50, 72], normal, &device);
+    let run = |fused: bool| {
+        let x = x.clone().detach().require_grad();
+        let y = if fused {
+            dense(linear.weight.val(), bias.clone(), x.clone())
+        } else {
+            crate::ops::generic::dense(&linear, x.clone())
+        };
+        let grads = (y.clone() * w.clone()).sum().backward();
+        let grad = |t: Tensor<Ad, 3>| flat(t.grad(&grads).expect("x gradient"));
+        (
+            flat(y.inner()),
+            grad(x),
+            flat(linear.weight.val().grad(&grads).expect("weight gradient")),
+            flat(bias.grad(&grads).expect("bias gradient")),
+        )
+    };
+    let (fused, reference) = (run(true), run(false));
+    let pairs = [
+        ("value", fused.0, reference.0),
+        ("x", fused.1, reference.1),
+        ("weight", fused.2, reference.2),
+        ("bias", fused.3, reference.3),
+    ];
+    for (what, a, b) in pairs {
+        let d = max_abs_diff(a, b);
+        assert!(d < 1e-4, "{what} differs by {d}");
+    }
+}
