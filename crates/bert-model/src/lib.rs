@@ -65,4 +65,4 @@ pub use heads::{
 };
 pub use loss::{PreTrainingLoss, PreTrainingTargets};
 pub use model::{BertInput, BertModel, BertModelOutput, attention_mask_bias, masked_mean};
-pub use packed::{PackedInput, PackedOutput, packed_mean};
+pub use packed::{PackedInput, PackedOutput, packed_first, packed_mean};

@@ -60,33 +60,66 @@ pub struct PackedOutput<B: Backend> {
     pub pooler_output: Option<Tensor<B, 2>>,
 }
 
+/// Weights of one [`packed_mean`] product at most (sequences × their tokens): the averaging
+/// matrix is block-diagonal, so it is built a block of sequences at a time.
+const MEAN_BLOCK: usize = 1 << 20;
+
 /// Each sequence's mean hidden state: `[total, H]` rows of sequences of `lengths` →
-/// `[sequences, H]` (sentence-transformers' mean pooling, as [`crate::masked_mean`]).
+/// `[sequences, H]` (sentence-transformers' mean pooling, as [`crate::masked_mean`]). Runs as
+/// products of an averaging matrix with the rows, over blocks of consecutive sequences of at
+/// most [`MEAN_BLOCK`] weights each, so many short sequences never build a `sequences × total`
+/// matrix.
 pub fn packed_mean<B: Backend>(hidden: Tensor<B, 2>, lengths: &[usize]) -> Tensor<B, 2> {
-    let total: usize = lengths.iter().sum();
-    let mut weights = vec![0f32; lengths.len() * total];
-    let mut start = 0;
+    let [_, width] = hidden.dims();
+    let device = hidden.device();
+    // Blocks of consecutive sequences: (first sequence, end, first row, rows).
+    let mut blocks = Vec::new();
+    let (mut first, mut row, mut rows) = (0, 0, 0);
     for (i, &len) in lengths.iter().enumerate() {
-        let row = &mut weights[i * total..(i + 1) * total];
-        row[start..start + len].fill(1.0 / len.max(1) as f32);
-        start += len;
+        if i > first && (i + 1 - first) * (rows + len) > MEAN_BLOCK {
+            blocks.push((first, i, row, rows));
+            (first, row, rows) = (i, row + rows, 0);
+        }
+        rows += len;
     }
-    let weights = Tensor::<B, 2>::from_data(
-        TensorData::new(weights, [lengths.len(), total]),
-        &hidden.device(),
-    );
-    weights.matmul(hidden)
+    if first < lengths.len() {
+        blocks.push((first, lengths.len(), row, rows));
+    }
+    let means: Vec<Tensor<B, 2>> = blocks
+        .into_iter()
+        .map(|(first, end, row, rows)| {
+            let count = end - first;
+            let mut weights = vec![0f32; count * rows];
+            let mut start = 0;
+            for (i, &len) in lengths[first..end].iter().enumerate() {
+                weights[i * rows + start..i * rows + start + len].fill(1.0 / len.max(1) as f32);
+                start += len;
+            }
+            let weights =
+                Tensor::<B, 2>::from_data(TensorData::new(weights, [count, rows]), &device);
+            weights.matmul(hidden.clone().slice([row..row + rows, 0..width]))
+        })
+        .collect();
+    if means.is_empty() {
+        return Tensor::zeros([0, width], &device);
+    }
+    Tensor::cat(means, 0)
 }
 
-/// The first row of each packed sequence (`[CLS]`): `[sequences]` indices.
-fn starts<B: Backend>(lengths: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let mut at = Vec::with_capacity(lengths.len());
-    let mut start = 0i64;
-    for &len in lengths {
-        at.push(start);
-        start += len as i64;
-    }
-    Tensor::from_data(TensorData::new(at, [lengths.len()]), device)
+/// Each sequence's first row (`[CLS]`): `[total, H]` rows of sequences of `lengths` →
+/// `[sequences, H]`.
+pub fn packed_first<B: Backend>(hidden: Tensor<B, 2>, lengths: &[usize]) -> Tensor<B, 2> {
+    let starts: Vec<i64> = lengths
+        .iter()
+        .scan(0i64, |at, &len| {
+            let start = *at;
+            *at += len as i64;
+            Some(start)
+        })
+        .collect();
+    let index =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(starts, [lengths.len()]), &hidden.device());
+    hidden.select(0, index)
 }
 
 impl<B: Backend> BertModel<B> {
@@ -115,9 +148,7 @@ impl<B: Backend> BertModel<B> {
         let last_hidden_state = hidden.reshape([total, width]);
         let pooler_output = self.pooler.as_ref().map(|p| {
             let n = input.lengths.len();
-            let first = last_hidden_state
-                .clone()
-                .select(0, starts::<B>(&input.lengths, &device));
+            let first = packed_first(last_hidden_state.clone(), &input.lengths);
             p.forward(first.reshape([n, 1, width]))
         });
         PackedOutput {
@@ -244,6 +275,42 @@ mod tests {
             host(masked_mean(padded.last_hidden_state, mask)),
             "mean",
         );
+    }
+
+    /// Enough short sequences that the mean runs in several blocks: each block's means equal
+    /// the per-sequence means computed directly, and the first rows are the sequences' first.
+    #[test]
+    fn packed_mean_over_many_blocks() {
+        let device = Default::default();
+        let lengths: Vec<usize> = (0..3000).map(|i| 1 + i % 5).collect();
+        let total: usize = lengths.iter().sum();
+        assert!(lengths.len() * total > 4 * MEAN_BLOCK, "several blocks");
+        let width = 3;
+        let values: Vec<f32> = (0..total * width).map(|i| (i % 17) as f32 - 8.0).collect();
+        let hidden =
+            Tensor::<Flex, 2>::from_data(TensorData::new(values.clone(), [total, width]), &device);
+        let means = packed_mean(hidden.clone(), &lengths)
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
+        let firsts = packed_first(hidden, &lengths)
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32");
+        assert_eq!(means.len(), lengths.len() * width);
+        let mut start = 0;
+        for (i, &len) in lengths.iter().enumerate() {
+            for h in 0..width {
+                let want = (start..start + len)
+                    .map(|r| values[r * width + h])
+                    .sum::<f32>()
+                    / len as f32;
+                let got = means[i * width + h];
+                assert!((got - want).abs() < 1e-5, "sequence {i}: {got} vs {want}");
+                assert_eq!(firsts[i * width + h], values[start * width + h]);
+            }
+            start += len;
+        }
     }
 
     #[test]

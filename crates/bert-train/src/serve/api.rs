@@ -271,8 +271,20 @@ fn predict_inputs(value: &Value) -> Result<Vec<(String, Option<String>)>, ApiErr
     }
 }
 
+/// 422 for an empty batch or more than `--max-client-batch-size` inputs.
+pub(super) fn batch_of(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
+    if inputs == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty",
+            "the batch is empty",
+        ));
+    }
+    within_batch_limit(limits, inputs)
+}
+
 /// 422 for more than `--max-client-batch-size` inputs.
-pub(super) fn within_batch_limit(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
+fn within_batch_limit(limits: &Limits, inputs: usize) -> Result<(), ApiError> {
     if inputs > limits.max_client_batch_size {
         return Err(ApiError::validation(format!(
             "{inputs} inputs, more than --max-client-batch-size {}",
@@ -290,14 +302,7 @@ pub(super) async fn encodings(
     truncate: bool,
 ) -> Result<Vec<Encoded>, ApiError> {
     let limits = shared.limits;
-    if inputs.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "empty",
-            "the batch is empty",
-        ));
-    }
-    within_batch_limit(&limits, inputs.len())?;
+    batch_of(&limits, inputs.len())?;
     let shared = shared.clone();
     tokio::task::spawn_blocking(move || {
         inputs

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use bert_data::{Padding, pad_rows};
-use bert_model::{BertConfig, BertInput, BertModel, PackedInput, packed_mean};
+use bert_model::{BertConfig, BertInput, BertModel, PackedInput, packed_first, packed_mean};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use tokio::sync::oneshot;
@@ -390,20 +390,7 @@ impl<B: Backend> Worker<B> {
         .map_err(|_| anyhow::anyhow!("the forward pass panicked"))?;
         let pooled = match self.pooling {
             Pooling::Mean => packed_mean(hidden, &lengths),
-            Pooling::Cls => {
-                let starts: Vec<i64> = lengths
-                    .iter()
-                    .scan(0i64, |at, &len| {
-                        let start = *at;
-                        *at += len as i64;
-                        Some(start)
-                    })
-                    .collect();
-                let count = starts.len();
-                let index =
-                    Tensor::<B, 1, Int>::from_data(TensorData::new(starts, [count]), &self.device);
-                hidden.select(0, index)
-            }
+            Pooling::Cls => packed_first(hidden, &lengths),
         };
         let outputs = host_rows(pooled)?
             .into_iter()

@@ -12,8 +12,7 @@ use bert_model::Architecture;
 use serde_json::{Value, json};
 
 use super::api::{
-    Answer, ApiError, Shared, encodings, flag, internal, needs, parse, run, texts,
-    within_batch_limit,
+    Answer, ApiError, Shared, batch_of, encodings, flag, internal, needs, parse, run, texts,
 };
 use super::engine::{Row, TokenLogits};
 use crate::commands::fill_mask::{mask_positions, top_candidates};
@@ -78,7 +77,7 @@ pub(super) async fn ner(
         })
         .collect();
     let outs = run(&shared, rows).await?;
-    let tags = shared.labels.clone().unwrap_or_default();
+    let tags = shared.labels.as_deref().unwrap_or_default();
     let answers = inputs
         .iter()
         .zip(&encoded)
@@ -87,7 +86,7 @@ pub(super) async fn ner(
             let spans = word_spans(encoding);
             let width = out.token_logits.first().map_or(0, Vec::len);
             let predicted = tags_of_words(encoding, &out.token_logits.concat(), width, spans.len());
-            entities_json(&tags, &predicted, &Words::Text(text, &spans))
+            entities_json(tags, &predicted, &Words::Text(text, &spans))
         })
         .collect();
     Ok(axum::Json(one_or_all(single, answers)))
@@ -119,14 +118,7 @@ pub(super) async fn qa(
             contexts.len()
         )));
     }
-    if questions.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "empty",
-            "the batch is empty",
-        ));
-    }
-    within_batch_limit(&shared.limits, questions.len())?;
+    batch_of(&shared.limits, questions.len())?;
     let top_k = count(&request, "top_k", 1)?;
     let max_answer_length = count(&request, "max_answer_len", MAX_ANSWER_LENGTH)?;
     let windows = {
